@@ -1,0 +1,50 @@
+"""The one interface every critic implements, and the explicit list of critics there are.
+
+Backends are imported lazily: the classical one must not pay for torch at start-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .schema import Diagnosis
+
+BACKENDS: tuple[str, ...] = ("classical", "vlm", "openai")
+
+
+class AssessorBackend:
+    """Look at an RGB uint8 image (H x W x 3) and return a Diagnosis in its pixel coordinates."""
+
+    name = "base"
+
+    def assess(self, image: np.ndarray) -> Diagnosis:
+        raise NotImplementedError
+
+    def assess_batch(self, images: Sequence[np.ndarray]) -> list[Diagnosis]:
+        """Backends that can batch (the VLM) override this; the default looks at one at a time."""
+        return [self.assess(image) for image in images]
+
+    def close(self) -> None:
+        """Free models and connections (no-op for weight-free backends)."""
+
+
+def load_assessor(backend: str = "classical", **options: Any) -> AssessorBackend:
+    """Build a critic by name. Options go to the backend's constructor (model path, device, ...)."""
+    if backend == "classical":
+        from .classical import ClassicalAssessor
+
+        return ClassicalAssessor(**options)
+    if backend == "vlm":
+        try:
+            from .vlm import VLMAssessor
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise RuntimeError(f"the vlm backend needs torch and transformers: {exc}") from exc
+        return VLMAssessor(**options)
+    if backend == "openai":
+        from .vlm.remote import OpenAIAssessor
+
+        return OpenAIAssessor(**options)
+    raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
