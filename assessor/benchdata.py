@@ -159,7 +159,7 @@ def global_cases(photos: dict[str, np.ndarray], levels=(1, 2, 3, 4, 5), seed: in
         out.append(Case(f"{name}/clean", img, img, None, 0))
         for ti, kind in enumerate(SYNTHETIC_TYPES):
             for level in levels:
-                rng = np.random.default_rng([seed, pi, ti, level])
+                rng = np.random.default_rng([seed, pi, ti])  # same noise / cast direction at every level
                 out.append(
                     Case(f"{name}/{kind}/{level}", apply_distortion(img, kind, level, rng), img, kind, level)
                 )

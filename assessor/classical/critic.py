@@ -15,7 +15,8 @@ its lights bright.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -27,23 +28,14 @@ from ..zoom import Zoom, crop_zoom
 from . import cues
 from .severity import area_weight, score_from, severity
 
-LOCAL_TYPES = (
-    "blur",
-    "noise",
-    "jpeg",
-    "overexposure",
-    "underexposure",
-    "low_contrast",
-    "color_cast",
-    "artifact",
-)
-
 
 @dataclass
 class ClassicalConfig:
     look_size: int = 512  # long side of the global look
     tile: int = 32  # tile side at look resolution
-    max_zooms: int = 8  # at most this many local candidates are re-examined
+    zoom_tile: int = 32  # tile side of native measurements in a zoom
+    zoom_size: int = 512  # a zoomed crop larger than this is reduced to it (blur/noise stay in native units)
+    max_zooms: int = 6  # at most this many local candidates are re-examined
     min_severity: float = 0.15  # confirmed findings below this are not reported as regions
     context: float = 0.5  # context kept around a candidate when zooming (fraction of its size)
     dof_area: float = 0.3  # a soft area larger than this next to sharp content reads as depth of field
@@ -60,51 +52,90 @@ class Candidate:
 
 @dataclass
 class Look:
-    """What the global look measured (look resolution unless noted)."""
+    """What the global look measured."""
 
     scale: float  # look pixels per native pixel
-    tile: int  # look tile side
-    blur: cues.BlurMap
-    noise: np.ndarray
-    whiteness: np.ndarray
-    block: np.ndarray  # native tiles of block_tile pixels
-    block_tile: int
+    stats: cues.TileStats  # at look resolution
+    block: np.ndarray  # native blockiness map, tiles of native_tile pixels
+    occupancy: np.ndarray  # native grey-level occupancy map, same tiles
+    native_tile: int
     block_global: float
+    phase: tuple[int, int]  # JPEG grid phase (x, y)
     exposure: cues.ExposureStats
-    clip_hi: np.ndarray
-    tile_mean: np.ndarray
-    tile_p5: np.ndarray
-    tile_p95: np.ndarray
-    chroma: np.ndarray
     cast: float
     light: np.ndarray
-    occupancy: float  # native green-channel grey-level occupancy
-    occupancy_map: np.ndarray  # native tiles of occ_tile pixels
-    occ_tile: int
     neutral: np.ndarray  # log-chroma of the image's greyest pixels
+    occupancy_global: float
     sharp_ref: float  # native edge sigma of the sharpest fifth of the image
     noise_floor: float  # native luma noise sigma of the quietest quarter
-    soft_fraction: float = 0.0  # share of edge tiles that are soft (see _soft_fraction)
-    data: dict = field(default_factory=dict)
+    whiteness: float
+    soft_fraction: float  # share of edge tiles that are soft (depth of field when large)
+    dof: np.ndarray  # look tiles of a large soft area next to sharp content: intended depth of field
 
 
-def _finite(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a, np.float64).ravel()
-    return a[np.isfinite(a)]
+@dataclass
+class TileGrid:
+    """One cue on a grid of native-resolution tiles, with the region's and the context's tiles."""
+
+    values: np.ndarray
+    inside: np.ndarray
+    ring: np.ndarray
+    to_box: Callable[[np.ndarray], tuple[int, int, int, int]]  # selected tiles -> source box
+
+
+@dataclass
+class ZoomLook:
+    """What a zoom on a candidate measured."""
+
+    zoom: Zoom
+    stats: cues.TileStats  # on the zoomed crop; blur and noise in native units
+    inside: np.ndarray  # tiles of the suspected region
+    ring: np.ndarray  # tiles of its context (empty when the region is nearly the whole image)
+    blocks: TileGrid  # JPEG blockiness on native tiles
+    levels: TileGrid  # grey-level occupancy on native tiles
+    inside_stats: dict[str, float]
+    ring_stats: dict[str, float]
+    zoom_box: Callable[[np.ndarray], tuple[int, int, int, int]]  # selected zoom tiles -> source box
+
+
+@dataclass
+class Finding:
+    distortion: str  # "" when nothing was confirmed
+    severity: float
+    reason: str
+    box: tuple[int, int, int, int]
+    value: float = float("nan")
 
 
 def _pct(a: np.ndarray, q: float, default: float = float("nan")) -> float:
-    f = _finite(a)
+    f = np.asarray(a, np.float64).ravel()
+    f = f[np.isfinite(f)]
     return float(np.percentile(f, q)) if f.size else default
 
 
 def _tile_for(h: int, w: int, preferred: int) -> int:
+    """A tile side (multiple of 8) that gives at least a 4 x 4 grid on small images."""
     t = min(preferred, max(8, min(h, w) // 4))
-    return max(8, t - t % 2)
+    return max(8, t - t % 8)
+
+
+def _select(centres: tuple[np.ndarray, np.ndarray], box) -> np.ndarray:
+    """Tiles (by their centres (cy, cx)) that lie inside ``box`` (x0, y0, x1, y1)."""
+    cy, cx = centres
+    x0, y0, x1, y1 = box
+    return (cy[:, None] >= y0) & (cy[:, None] < y1) & (cx[None, :] >= x0) & (cx[None, :] < x1)
+
+
+def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
 class ClassicalAssessor(AssessorBackend):
-    """The embedded default critic: no weights, no torch, about 0.1 s per megapixel."""
+    """The embedded default critic: no weights, no torch, a fraction of a second per image."""
 
     name = "classical"
 
@@ -121,85 +152,87 @@ class ClassicalAssessor(AssessorBackend):
         cfg = self.config
         h, w = rgb.shape[:2]
         scale = min(1.0, cfg.look_size / float(max(h, w)))
-        look = (
-            rgb
-            if scale >= 1.0
-            else cv2.resize(
-                rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
-            )
-        )
-        lh, lw = look.shape[:2]
-        tile = _tile_for(lh, lw, cfg.tile)
-        y = cues.luminance(look)
-        blur = cues.blur_map(y, tile)
-        noise, white = cues.noise_sigma_map(y, tile)
-        y_native = cues.luminance(rgb) if scale < 1.0 else y
-        block_tile = max(8, min(64, (min(h, w) // 2) // 8 * 8))
-        block, block_global, _ = cues.blockiness_map(y_native, block_tile)
-        exposure = cues.exposure_stats(look, y)
-        clip_hi, _ = cues.clipping_map(look, y, tile)
-        t_mean, t_p5, t_p95 = cues.tile_luma_stats(y, tile)
-        light = cues.illuminant(look)
-        # two estimates that fail on different scenes must agree: grey edges (pulled by a colourful
-        # subject's outline) and the greyest pixels (pulled when nothing in the scene is grey)
-        neutral = cues.neutral_chroma(*cues.log_chroma(look))
-        cast = min(cues.cast_strength(light), float(np.expm1(np.nan_to_num(np.hypot(*neutral), nan=0.0))))
-        occupancy, _ = cues.level_occupancy(rgb[..., 1])
-        occ_tile = max(8, min(32, block_tile))
-        occ_map = cues.occupancy_map(rgb, occ_tile)
+        if scale < 1.0:
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            look = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        else:
+            look = rgb
+        tile = _tile_for(look.shape[0], look.shape[1], cfg.tile)
+        y_native = cues.luminance(rgb)
+        native_tile = _tile_for(h, w, 64 if scale < 1.0 else 32)
+        block, block_global, phase = cues.blockiness(y_native, native_tile)
+        stats = cues.tile_stats(look, tile, native=scale >= 1.0, phase=phase)
+        exposure = cues.exposure_stats(look)
+        cast, light, neutral = cues.cast_estimate(look)
         # Downscaling by s shrinks blur sigma and white-noise sigma by about s: report native units.
-        # below ~0.5 px the reblur test cannot tell sharp from sharper (noise, aliasing)
-        sharp_ref = max(_pct(blur.sigma, 20, 0.5) / scale, 0.5)
-        noise_floor = _pct(noise, 25, 0.0) / scale
+        # Below ~0.5 px the reblur test cannot tell sharp from sharper (noise, aliasing).
+        sharp_ref = max(_pct(stats.sigma, 20, 0.5) / scale, 0.5)
+        sig = stats.sigma / scale
+        edges = np.isfinite(sig)
+        soft = sig[edges] > max(2.0 * sharp_ref, sharp_ref + 1.0, 1.5)
+        # Depth of field: soft tiles joined through featureless ones (a defocused background is both)
+        # into one large area, while something else in the image is sharp
+        soft_map = np.nan_to_num(sig) > max(2.0 * sharp_ref, sharp_ref + 1.0, 1.5)
+        joined = cv2.dilate(soft_map.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool) & (
+            soft_map | ~edges
+        )
+        n, labels, comp, _ = cv2.connectedComponentsWithStats(joined.astype(np.uint8), connectivity=8)
+        dof = np.zeros_like(soft_map)
+        rows, cols = soft_map.shape
+        if sharp_ref < 1.0:
+            for k in range(1, n):
+                member = labels == k
+                soft_sig = sig[soft_map & member]
+                if soft_sig.size < 3:
+                    continue
+                x, y, bw, bh, area = comp[k]
+                share = area / soft_map.size
+                at_border = x == 0 or y == 0 or x + bw == cols or y + bh == rows
+                # defocus grows with distance from the focal plane: graded softness, often running
+                # out of the frame; a damaged patch is soft evenly and sits inside it
+                graded = np.percentile(soft_sig, 80) >= 1.8 * np.percentile(soft_sig, 20)
+                if share >= cfg.dof_area or (at_border and (share >= 0.15 or graded)):
+                    dof |= member
         return Look(
             scale=scale,
-            tile=tile,
-            blur=blur,
-            noise=noise,
-            whiteness=white,
+            stats=stats,
             block=block,
-            block_tile=block_tile,
+            occupancy=cues.occupancy_tiles(rgb[..., 1], native_tile),
+            native_tile=native_tile,
             block_global=block_global,
+            phase=phase,
             exposure=exposure,
-            clip_hi=clip_hi,
-            tile_mean=t_mean,
-            tile_p5=t_p5,
-            tile_p95=t_p95,
-            chroma=cues.neutral_chroma_map(look, tile),
             cast=cast,
             light=light,
-            occupancy=occupancy,
-            occupancy_map=occ_map,
-            occ_tile=occ_tile,
             neutral=neutral,
+            occupancy_global=cues.level_occupancy(rgb[..., 1]),
             sharp_ref=sharp_ref,
-            noise_floor=noise_floor,
+            noise_floor=_pct(stats.noise, 25, 0.0) / scale,
+            whiteness=_pct(stats.whiteness, 50, 0.0),
+            soft_fraction=float(soft.mean()) if edges.sum() >= 4 else 0.0,
+            dof=dof,
         )
 
-    # ------------------------------------------------------------------ global findings
     def _global_suspicions(self, look: Look) -> dict[str, float]:
         e = look.exposure
-        sus = {
+        return {
             "blur": severity("blur", look.sharp_ref),
-            "noise": severity("noise", look.noise_floor) if _pct(look.whiteness, 50, 0) > 1.25 else 0.0,
+            "noise": severity("noise", look.noise_floor) if look.whiteness > 1.25 else 0.0,
             "jpeg": severity("jpeg", look.block_global),
-            "overexposure": severity("overexposure", e.clipped_hi),
+            "overexposure": max(severity("overexposure", e.clipped_hi), severity("brightness", e.mean)),
             "underexposure": severity("underexposure", e.p999) * float(np.clip((0.42 - e.mean) / 0.12, 0, 1)),
             # lifted blacks separate a washed-out image from a dark one (whose blacks stay black)
             "low_contrast": severity("low_contrast", e.p99 - e.p01)
             * float(np.clip((e.p01 - 0.03) / 0.08, 0, 1)),
             "color_cast": severity("color_cast", look.cast),
-            "artifact": severity("artifact", look.occupancy),
+            "artifact": severity("artifact", look.occupancy_global),
         }
-        return sus
 
     # ------------------------------------------------------------------ (b) candidates
-    def _components(
-        self, mask: np.ndarray, tile_native: float, shape: tuple[int, int]
-    ) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
+    @staticmethod
+    def _components(mask: np.ndarray, tile_native: float, shape: tuple[int, int]):
         h, w = shape
         n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-        out = []
         for i in range(1, n):
             x, y, bw, bh, _area = stats[i]
             box = (
@@ -208,86 +241,88 @@ class ClassicalAssessor(AssessorBackend):
                 int(min(w, round((x + bw) * tile_native))),
                 int(min(h, round((y + bh) * tile_native))),
             )
-            out.append((box, labels == i))
-        return out
+            yield box, labels == i
 
     def _candidates(self, look: Look, shape: tuple[int, int]) -> list[Candidate]:
         h, w = shape
-        t_native = look.tile / look.scale
-        med_p95 = float(np.median(look.tile_p95))
-        med_p5 = float(np.median(look.tile_p5))
-        med_mean = float(np.median(look.tile_mean))
-        rng = look.tile_p95 - look.tile_p5
-        med_rng = float(np.median(rng))
-        chroma_ref = np.nan_to_num(look.neutral)
-        chroma_dev = np.nan_to_num(np.linalg.norm(look.chroma - chroma_ref, axis=-1), nan=0.0)
-        sigma_native = look.blur.sigma / look.scale
-        noise_native = look.noise / look.scale
-        ref = look.sharp_ref if np.isfinite(look.sharp_ref) else 1.0
-        floor = look.noise_floor
+        st = look.stats
+        t_look = st.tile / look.scale
+        t_nat = float(look.native_tile)
+        ref, floor = look.sharp_ref, look.noise_floor
+        sigma = np.nan_to_num(st.sigma / look.scale)
+        noise = st.noise / look.scale
+        tone_range = st.p95 - st.p05
+        med = {
+            k: float(np.nanmedian(v))
+            for k, v in (("p95", st.p95), ("p05", st.p05), ("mean", st.mean), ("range", tone_range))
+        }
+        chroma_dev = np.nan_to_num(np.linalg.norm(st.neutral - np.nan_to_num(look.neutral), axis=-1), nan=0.0)
         with np.errstate(invalid="ignore"):
-            maps: dict[str, tuple[np.ndarray, np.ndarray, float, str]] = {
+            maps = {
                 "blur": (
-                    np.nan_to_num(sigma_native) > max(2.0 * ref, ref + 1.0, 1.5),
-                    sigma_native,
-                    t_native,
+                    sigma > max(2.0 * ref, ref + 1.0, 1.5),
+                    sigma,
+                    t_look,
                     "edges wider than in the sharpest parts",
                 ),
                 "noise": (
-                    (noise_native > max(2.0 * floor, floor + 2.5)) & (look.whiteness > 1.35),
-                    noise_native,
-                    t_native,
+                    (noise > max(2.0 * floor, floor + 2.5)) & (st.whiteness > 1.35),
+                    noise,
+                    t_look,
                     "fine grain well above the image's own noise floor",
                 ),
                 "jpeg": (
                     look.block > max(0.3, 3.0 * float(np.median(look.block))),
                     look.block,
-                    float(look.block_tile),
+                    t_nat,
                     "8x8 block borders stand out",
                 ),
                 "overexposure": (
-                    (look.clip_hi > 0.35) & (look.clip_hi > look.exposure.clipped_hi + 0.15),
-                    look.clip_hi,
-                    t_native,
+                    (st.clip_hi > 0.35) & (st.clip_hi > look.exposure.clipped_hi + 0.15),
+                    st.clip_hi,
+                    t_look,
                     "blown-out highlights",
                 ),
                 "underexposure": (
-                    (look.tile_p95 < 0.45 * med_p95)
-                    & (look.tile_mean < 0.5 * med_mean)
-                    & (look.tile_p95 < 110)
-                    & (look.blur.edge > 2.0),
-                    look.tile_p95 / max(med_p95, 1.0),
-                    t_native,
+                    (st.p95 < 0.45 * med["p95"])
+                    & (st.mean < 0.5 * med["mean"])
+                    & (st.p95 < 0.43)
+                    & (st.edge > 2.0),
+                    st.p95 / max(med["p95"], 1e-3),
+                    t_look,
                     "much darker than the rest, with no light left",
                 ),
                 "low_contrast": (
-                    (rng < 0.45 * med_rng) & (look.tile_p5 > med_p5 + 20) & (look.blur.edge > 3.0),
-                    rng / max(med_rng, 1.0),
-                    t_native,
+                    (tone_range < 0.45 * med["range"]) & (st.p05 > med["p05"] + 0.08) & (st.edge > 3.0),
+                    tone_range / max(med["range"], 1e-3),
+                    t_look,
                     "greyed-out: blacks lifted and whites dimmed",
                 ),
                 "color_cast": (
                     chroma_dev > 0.3,
                     chroma_dev,
-                    t_native,
+                    t_look,
                     "even its greyest pixels lean away from the rest's",
                 ),
                 "artifact": (
-                    (np.nan_to_num(look.occupancy_map, nan=1.0) < 0.35) & (look.occupancy > 0.6),
-                    look.occupancy_map,
-                    float(look.occ_tile),
+                    (np.nan_to_num(look.occupancy, nan=1.0) < 0.35) & (look.occupancy_global > 0.6),
+                    look.occupancy,
+                    t_nat,
                     "few grey levels: banding",
                 ),
             }
         found: list[Candidate] = []
-        for kind, (mask, values, t_nat, why) in maps.items():
+        for kind, (mask, values, tile_native, why) in maps.items():
             if not mask.any():
                 continue
-            for box, comp in self._components(mask, t_nat, (h, w)):
-                v = float(np.nanmedian(values[comp])) if np.isfinite(values[comp]).any() else float("nan")
-                est = self._estimate(kind, v, look)
+            for box, comp in self._components(mask, tile_native, (h, w)):
                 area = (box[2] - box[0]) * (box[3] - box[1]) / float(w * h)
-                found.append(Candidate(box, kind, est, why, priority=est * np.sqrt(area) + 0.01 * comp.sum()))
+                if comp.sum() < 2 or area < 0.01:
+                    continue  # a single tile is as likely odd content as a defect
+                v = values[comp]
+                v = float(np.nanmedian(v)) if np.isfinite(v).any() else float("nan")
+                est = self._estimate(kind, v)
+                found.append(Candidate(box, kind, est, why, priority=est * np.sqrt(area)))
         # the best candidate of every kind first, then the rest by priority: one cue's many false
         # leads must not use up the zooms another cue's single true lead needs
         found.sort(key=lambda c: -c.priority)
@@ -305,235 +340,313 @@ class ClassicalAssessor(AssessorBackend):
         return chosen
 
     @staticmethod
-    def _soft_fraction(look: Look) -> float:
-        """Share of the image's edge tiles that are soft: large when a sharp subject stands on a
-        defocused background (depth of field), small when one region was blurred."""
-        sig = look.blur.sigma / look.scale
-        edges = np.isfinite(sig)
-        if edges.sum() < 4:
-            return 0.0
-        soft = sig[edges] > max(2.0 * look.sharp_ref, look.sharp_ref + 1.0, 1.5)
-        return float(soft.mean())
-
-    @staticmethod
-    def _estimate(kind: str, value: float, look: Look) -> float:
-        if kind in ("blur", "noise", "jpeg", "overexposure", "artifact"):
-            return severity(kind, value)
+    def _estimate(kind: str, value: float) -> float:
         if kind == "underexposure":
             return severity("underexposure", value * 0.95)
         if kind == "low_contrast":
             return severity("low_contrast", value * 0.9)
-        return severity("color_cast", float(np.exp(value) - 1.0))
+        if kind == "color_cast":
+            return severity("color_cast", float(np.expm1(value)))
+        return severity(kind, value)
 
-    # ------------------------------------------------------------------ (c) zoom and confirm
-    def _zoom(self, rgb: np.ndarray, box: tuple[int, int, int, int], context: float) -> Zoom:
-        return crop_zoom(rgb, box, normalized=False, context=context, min_side=48, target_size=None)
+    # ------------------------------------------------------------------ (c) zoom and judge
+    def _measure(self, rgb: np.ndarray, box: tuple[int, int, int, int], look: Look) -> ZoomLook:
+        """Zoom on ``box`` with context and measure every cue tile by tile, inside and around it.
 
-    def _measure(self, patch: np.ndarray, inner: tuple[int, int, int, int]) -> dict[str, dict[str, float]]:
-        """Cue values inside ``inner`` (zoom pixels) and in the context ring around it."""
-        h, w = patch.shape[:2]
-        tile = _tile_for(h, w, 32 if min(h, w) >= 128 else 16)
-        y = cues.luminance(patch)
-        bm = cues.blur_map(y, tile)
-        ns, wh = cues.noise_sigma_map(y, tile)
-        rows, cols = bm.sigma.shape
-        cy = (np.arange(rows) + 0.5) * tile
-        cx = (np.arange(cols) + 0.5) * tile
-        x0, y0, x1, y1 = inner
-        in_t = (cy[:, None] >= y0) & (cy[:, None] < y1) & (cx[None, :] >= x0) & (cx[None, :] < x1)
-        in_px = np.zeros((h, w), bool)
-        in_px[y0:y1, x0:x1] = True
-        has_ring = (~in_px).mean() > 0.15 and (~in_t).any()
-        btile = max(8, min(32, min(h, w) // 2 // 8 * 8))
-        block, _, _ = cues.blockiness_map(y, btile)
-        bcy = (np.arange(block.shape[0]) + 0.5) * btile
-        bcx = (np.arange(block.shape[1]) + 0.5) * btile
-        b_in = (bcy[:, None] >= y0) & (bcy[:, None] < y1) & (bcx[None, :] >= x0) & (bcx[None, :] < x1)
-
-        ca, cb, cok = cues.log_chroma(patch)
-        clipped = patch.max(axis=2) >= 250
-
-        def part(sel_t: np.ndarray, sel_px: np.ndarray, sel_b: np.ndarray) -> dict[str, float]:
-            if not sel_px.any():
-                return {}
-            yy = y[sel_px] / 255.0
-            p1, p5, p95, p99 = np.percentile(yy, [1, 5, 95, 99])
-            edges = np.isfinite(bm.sigma) & sel_t
-            occ, width = cues.level_occupancy(patch[..., 1][sel_px])
-            neutral = cues.neutral_chroma(ca, cb, cok & sel_px, q=0.25)
-            return {
-                "blur_sigma": _pct(bm.sigma[edges], 30) if edges.any() else float("nan"),
-                "edge_tiles": float(edges.sum()),
-                "noise_sigma": float(np.median(ns[sel_t])) if sel_t.any() else float("nan"),
-                "whiteness": float(np.median(wh[sel_t])) if sel_t.any() else float("nan"),
-                "blockiness": float(np.median(block[sel_b])) if sel_b.any() else float("nan"),
-                "clipped": float(clipped[sel_px].mean()),
-                "mean": float(yy.mean()),
-                "p01": float(p1),
-                "p05": float(p5),
-                "p95": float(p95),
-                "p99": float(p99),
-                "neutral_a": float(neutral[0]),
-                "neutral_b": float(neutral[1]),
-                "edge": float(np.median(bm.edge[sel_t])) if sel_t.any() else 0.0,
-                "chroma_noise": cues.chroma_noise_ratio(patch, sel_px),
-                "chroma_spread": float(np.hypot(ca[cok & sel_px].std(), cb[cok & sel_px].std()))
-                if (cok & sel_px).sum() > 16
-                else float("nan"),
-                "chroma_mean_a": float(ca[cok & sel_px].mean())
-                if (cok & sel_px).sum() > 16
-                else float("nan"),
-                "chroma_mean_b": float(cb[cok & sel_px].mean())
-                if (cok & sel_px).sum() > 16
-                else float("nan"),
-                "occupancy": occ if width >= 24 else float("nan"),
-            }
-
-        inside = part(
-            in_t if in_t.any() else np.ones_like(in_t), in_px, b_in if b_in.any() else np.ones_like(b_in)
+        The zoom is at native resolution unless the crop is larger than ``zoom_size``; then it is
+        reduced to that size (already much closer than the global look), blur and noise are
+        converted back to native pixels, and JPEG blocks and grey levels, which resampling
+        destroys, are read from the native maps of the global look."""
+        cfg = self.config
+        zoom = crop_zoom(
+            rgb,
+            box,
+            normalized=False,
+            context=cfg.context,
+            min_side=64,
+            target_size=cfg.zoom_size,
+            max_upscale=1.0,
         )
-        ring = part(~in_t, ~in_px, ~b_in) if has_ring else {}
-        return {"inside": inside, "ring": ring}
+        patch = zoom.image
+        native = zoom.scale_x > 0.999 and zoom.scale_y > 0.999
+        tile = _tile_for(patch.shape[0], patch.shape[1], cfg.zoom_tile)
+        ts = cues.tile_stats(patch, tile, native=False)
+        if not native:  # back to native units
+            ts.sigma = ts.sigma / zoom.scale_x
+            ts.noise = ts.noise / zoom.scale_x
+        inside = _select(ts.centres(), zoom.requested_in_zoom())
+        if not inside.any():
+            inside = np.ones_like(inside)
+        ring = ~inside
+        if ring.sum() < max(2, 0.2 * inside.sum()):
+            ring = np.zeros_like(ring)  # nearly the whole image: compare with the global look
+
+        def grid_box(sel: np.ndarray, t: int, to_source) -> tuple[int, int, int, int]:
+            rr, cc = np.nonzero(sel)
+            x0, y0, x1, y1 = to_source((cc.min() * t, rr.min() * t, (cc.max() + 1) * t, (rr.max() + 1) * t))
+            return (int(x0), int(y0), int(np.ceil(x1)), int(np.ceil(y1)))
+
+        def native_grid(values: np.ndarray, t: int, origin: tuple[int, int], to_source) -> TileGrid:
+            """A grid of ``t``-pixel tiles starting at ``origin`` (source pixels) over the zoom."""
+            centres = (
+                origin[1] + (np.arange(values.shape[0]) + 0.5) * t,
+                origin[0] + (np.arange(values.shape[1]) + 0.5) * t,
+            )
+            g_in = _select(centres, zoom.requested)
+            g_ring = _select(centres, zoom.box) & ~g_in
+            if g_ring.sum() < max(2, 0.2 * g_in.sum()):
+                g_ring = np.zeros_like(g_ring)
+            return TileGrid(values, g_in, g_ring, lambda sel: grid_box(sel, t, to_source))
+
+        if native:
+            y = cues.luminance(patch)
+            bt = _tile_for(patch.shape[0], patch.shape[1], 64)
+            phase = ((look.phase[0] - zoom.box[0]) % 8, (look.phase[1] - zoom.box[1]) % 8)
+            origin = ((7 - zoom.box[0]) % 8, (7 - zoom.box[1]) % 8)
+            block = cues.blockiness(y, bt, phase, origin)[0]
+            occ = cues.occupancy_tiles(patch[..., 1], tile)
+            blocks = native_grid(block, bt, zoom.box[:2], zoom.to_source)
+            levels = native_grid(occ, tile, zoom.box[:2], zoom.to_source)
+        else:
+            nt = look.native_tile
+
+            def identity(b):
+                return b
+
+            blocks = native_grid(look.block, nt, (0, 0), identity)
+            levels = native_grid(look.occupancy, nt, (0, 0), identity)
+
+        def zoom_tiles_box(sel: np.ndarray) -> tuple[int, int, int, int]:
+            return grid_box(sel, tile, zoom.to_source)
+
+        m_in = cues.summarize(ts, inside)
+        m_ring = cues.summarize(ts, ring) if ring.any() else self._whole_image_ring(look)
+        for m, sel_b, sel_o in ((m_in, blocks.inside, levels.inside), (m_ring, blocks.ring, levels.ring)):
+            m["blockiness"] = (
+                _pct(blocks.values[sel_b], 50) if sel_b.any() else m.get("blockiness", float("nan"))
+            )
+            m["occupancy"] = (
+                _pct(levels.values[sel_o], 50) if sel_o.any() else m.get("occupancy", float("nan"))
+            )
+        return ZoomLook(zoom, ts, inside, ring, blocks, levels, m_in, m_ring, zoom_tiles_box)
+
+    def _whole_image_ring(self, look: Look) -> dict[str, float]:
+        """Stand-in for the context ring when a region is nearly the whole image."""
+        e = look.exposure
+        return {
+            "blur_sigma": look.sharp_ref,
+            "noise_sigma": look.noise_floor,
+            "blockiness": float(np.median(look.block)),
+            "clipped": e.clipped_hi,
+            "mean": e.mean,
+            "p05": e.p01,
+            "p95": e.p99,
+            "top": e.p999,
+            "edge": _pct(look.stats.edge, 50, 0.0),
+            "chroma_a": float("nan"),
+            "chroma_b": float("nan"),
+            "chroma_spread": float("nan"),
+            "occupancy": look.occupancy_global,
+        }
+
+    @staticmethod
+    def _dof_share(look: Look, box: tuple[int, int, int, int]) -> float:
+        """Share of a box's look tiles that belong to a depth-of-field area."""
+        if not look.dof.any():
+            return 0.0
+        t = look.stats.tile / look.scale
+        cy, cx = look.stats.centres()
+        sel = _select((cy / look.scale, cx / look.scale), box)
+        if not sel.any():  # a box smaller than a tile: the tile under its centre
+            r = min(int((box[1] + box[3]) / 2 / t), look.dof.shape[0] - 1)
+            c = min(int((box[0] + box[2]) / 2 / t), look.dof.shape[1] - 1)
+            return float(look.dof[r, c])
+        return float(look.dof[sel].mean())
 
     def _judge(
-        self, m: dict[str, dict[str, float]], look: Look, area: float
-    ) -> tuple[str, float, str, dict[str, float]]:
-        """Type and severity of a zoomed region from inside-vs-context measurements (0 = rejected)."""
-        i, r = m["inside"], m["ring"]
+        self, z: ZoomLook, look: Look, box: tuple[int, int, int, int], area: float, exclude: set[str]
+    ) -> Finding:
+        """Type, severity and tightened box of a zoomed region, from inside-vs-context measurements.
+
+        Tile cues (blur, noise, blown highlights, JPEG blocks, banding) are confirmed tile by tile:
+        the region is the bounding box of the tiles that are worse than the context, and it must be
+        a good part of the suspected region. Tone and colour cues are judged on the whole region."""
+        i, r = z.inside_stats, z.ring_stats
+        ts = z.stats
         e = look.exposure
-        if not r:  # the region is nearly the whole image: compare with the whole-image look
-            r = {
-                "blur_sigma": look.sharp_ref,
-                "noise_sigma": look.noise_floor,
-                "blockiness": float(np.median(look.block)),
-                "clipped": e.clipped_hi,
-                "mean": e.mean,
-                "p01": e.p01,
-                "p05": e.p01,
-                "p95": e.p99,
-                "p99": e.p99,
-                "neutral_a": float("nan"),
-                "neutral_b": float("nan"),
-                "occupancy": look.occupancy,
-                "whiteness": 1.0,
-                "edge": float(np.median(look.blur.edge)),
-                "chroma_noise": float("nan"),
-                "chroma_spread": float("nan"),
-                "chroma_mean_a": float("nan"),
-                "chroma_mean_b": float("nan"),
-            }
-        scores: dict[str, float] = {}
-        reasons: dict[str, str] = {}
+        found: dict[str, Finding] = {}
+        not_a_defect = "nothing stands out against the surroundings"
 
-        s_in, s_ring = i["blur_sigma"], r["blur_sigma"]
-        if np.isfinite(s_in) and i["edge_tiles"] >= 1:
-            ref = s_ring if np.isfinite(s_ring) else look.sharp_ref
-            ref = ref if np.isfinite(ref) else 0.5
-            ref = max(ref, 0.5)
-            if s_in >= max(ref + 1.0, 2.0 * ref, 1.5):
-                sev = severity("blur", s_in) - 0.5 * severity("blur", ref)
-                reason = f"edges {s_in:.1f} px wide (Gaussian sigma) against {ref:.1f} px around it"
-                if look.sharp_ref < 1.0 and (
-                    area >= self.config.dof_area or look.soft_fraction >= self.config.dof_area
-                ):
-                    sev = min(sev, 0.25)
-                    reason += "; a large soft area next to sharp detail reads as intended depth of field"
-                scores["blur"], reasons["blur"] = sev, reason
+        def tile_finding(
+            kind: str, bad: np.ndarray, inside: np.ndarray, values: np.ndarray, to_box, reason
+        ) -> None:
+            n_bad = int((bad & inside).sum())
+            n_in = int((np.isfinite(values) & inside).sum())
+            if n_bad >= 2 and n_bad >= 0.4 * max(n_in, 1):
+                v = float(np.nanmedian(values[bad & inside]))
+                found[kind] = Finding(kind, 0.0, reason(v), to_box(bad & inside), v)
 
-        n_in, n_ring = i["noise_sigma"], r["noise_sigma"]
-        # white at pixel scale, and in colour as much as in luma (or very white): noise, not texture
-        noisy = i["whiteness"] >= 1.35 and (i["chroma_noise"] >= 1.3 or i["whiteness"] >= 1.75)
-        if np.isfinite(n_in) and noisy:
-            ref = n_ring if np.isfinite(n_ring) else look.noise_floor
-            if n_in >= 1.6 * ref + 1.0:
-                scores["noise"] = severity("noise", n_in) - 0.5 * severity("noise", ref)
-                reasons["noise"] = f"grain of sigma {n_in:.1f} (of 255) against {ref:.1f} around it"
+        # blur: tiles whose edges are much wider than the context's sharpest
+        ref = max(r["blur_sigma"] if np.isfinite(r["blur_sigma"]) else look.sharp_ref, 0.5)
+        # the halo around a bright light is soft by nature (bloom, glare), not out of focus
+        glare = cv2.dilate((ts.clip_hi > 0.002).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        with np.errstate(invalid="ignore"):
+            soft = (ts.sigma >= max(ref + 1.0, 2.0 * ref, 1.5)) & ~glare
+        tile_finding(
+            "blur",
+            soft,
+            z.inside,
+            ts.sigma,
+            z.zoom_box,
+            lambda v: f"edges {v:.1f} px wide (Gaussian sigma) against {ref:.1f} px around it",
+        )
+        if "blur" in found:
+            f = found["blur"]
+            in_dof = self._dof_share(look, f.box)
+            if look.sharp_ref < 1.0 and (
+                max(area, look.soft_fraction) >= self.config.dof_area or in_dof >= 0.5
+            ):
+                not_a_defect = (
+                    f"{f.reason}, but a large soft area next to sharp detail is intended depth of field"
+                )
+                del found["blur"]
+            else:
+                f.severity = severity("blur", f.value) - 0.5 * severity("blur", ref)
 
-        b_in, b_ring = i["blockiness"], r["blockiness"]
-        if np.isfinite(b_in) and b_in >= 0.25 and b_in >= (b_ring if np.isfinite(b_ring) else 0) + 0.2:
-            scores["jpeg"] = severity("jpeg", b_in)
-            reasons["jpeg"] = f"8x8 block borders {b_in:.2f}x stronger than block interiors"
-
-        if i["clipped"] >= 0.25 and i["clipped"] >= r["clipped"] + 0.15:
-            scores["overexposure"] = severity("overexposure", i["clipped"])
-            reasons["overexposure"] = (
-                f"{100 * i['clipped']:.0f}% of pixels blown out against {100 * r['clipped']:.0f}% around"
+        # noise: white at pixel scale, and in colour as much as in luma (or very white): not texture
+        nref = r["noise_sigma"] if np.isfinite(r["noise_sigma"]) else look.noise_floor
+        with np.errstate(invalid="ignore"):
+            noisy = (
+                (ts.noise >= 1.6 * nref + 1.0)
+                & (ts.whiteness >= 1.35)
+                & ((ts.chroma_noise >= 1.3) | (ts.whiteness >= 1.75))
             )
+        tile_finding(
+            "noise",
+            noisy,
+            z.inside,
+            ts.noise,
+            z.zoom_box,
+            lambda v: f"grain of sigma {v:.1f} (of 255) against {nref:.1f} around it",
+        )
+        if "noise" in found:
+            found["noise"].severity = severity("noise", found["noise"].value) - 0.5 * severity("noise", nref)
 
-        # a darkened region keeps its structure (edges scale with brightness); dark content is often flat
-        structured = i["edge"] >= 0.3 * r["edge"] * i["mean"] / max(r["mean"], 1e-3) and i["edge"] > 2.0
-        if (
-            structured
-            and i["mean"] < 0.55 * r["mean"]
-            and i["p99"] < 0.6 * max(r["p99"], 1e-3)
-            and i["p99"] < 0.5
-        ):
-            rel = i["p99"] / max(r["p99"], 0.3)
-            scores["underexposure"] = severity("underexposure", rel)
-            reasons["underexposure"] = (
-                f"brightest tones reach {100 * i['p99']:.0f}% against {100 * r['p99']:.0f}% around"
+        # blown highlights
+        clip_ref = r["clipped"]
+        tile_finding(
+            "overexposure",
+            (ts.clip_hi >= 0.25) & (ts.clip_hi >= clip_ref + 0.15),
+            z.inside,
+            ts.clip_hi,
+            z.zoom_box,
+            lambda v: f"{100 * v:.0f}% of pixels blown out against {100 * clip_ref:.0f}% around",
+        )
+        if "overexposure" in found:
+            found["overexposure"].severity = severity("overexposure", found["overexposure"].value)
+
+        # JPEG blocks and banding, on native tiles
+        g = z.blocks
+        b_ring = _pct(g.values[g.ring], 50, 0.0) if g.ring.any() else float(np.median(look.block))
+        with np.errstate(invalid="ignore"):
+            blocky = (g.values >= 0.25) & (g.values >= b_ring + 0.2)
+        tile_finding(
+            "jpeg",
+            blocky,
+            g.inside,
+            g.values,
+            g.to_box,
+            lambda v: f"8x8 block borders {v:.2f}x stronger than block interiors",
+        )
+        if "jpeg" in found:
+            found["jpeg"].severity = severity("jpeg", found["jpeg"].value)
+            found.pop("blur", None)  # compression explains the lost detail
+        g = z.levels
+        o_ring = _pct(g.values[g.ring], 50) if g.ring.any() else look.occupancy_global
+        if not np.isfinite(o_ring) or o_ring > 0.5:
+            with np.errstate(invalid="ignore"):
+                banded = g.values < 0.35
+            tile_finding(
+                "artifact",
+                banded,
+                g.inside,
+                g.values,
+                g.to_box,
+                lambda v: f"only {100 * v:.0f}% of grey levels used: banding / posterization",
+            )
+            if "artifact" in found:
+                found["artifact"].severity = severity("artifact", found["artifact"].value)
+
+        # a darkened region keeps its structure (edges scale with brightness), and it sits in a lit
+        # neighbourhood: dark content is often flat, and in a dark scene everything is dark on purpose
+        weber = (i["edge"] / max(i["mean"], 0.02)) / max(r["edge"] / max(r["mean"], 0.02), 1e-3)
+        structured = 0.5 <= weber <= 2.0 and i["edge"] > 4.0
+        if structured and r["mean"] >= 0.2 and i["mean"] < 0.55 * r["mean"] and i["top"] < 0.6 * r["top"]:
+            found["underexposure"] = Finding(
+                "underexposure",
+                severity("underexposure", i["top"] / max(r["top"], 0.3)),
+                f"brightest tones reach {100 * i['top']:.0f}% against {100 * r['top']:.0f}% around",
+                box,
             )
 
         rng_in, rng_ring = i["p95"] - i["p05"], r["p95"] - r["p05"]
-        if rng_in < 0.55 * rng_ring and i["p05"] > r["p05"] + 0.06 and i["p95"] < r["p95"] - 0.04:
-            scores["low_contrast"] = severity("low_contrast", 0.9 * rng_in / max(rng_ring, 1e-3))
-            reasons["low_contrast"] = (
-                f"tones span {100 * rng_in:.0f}% against {100 * rng_ring:.0f}% around, blacks lifted"
+        # defocus also flattens tones: a washed-out region keeps edges as sharp as around it; and its
+        # tones are pulled toward the image's mean from both ends (not a uniformly coloured object)
+        s_in, s_ring = i["blur_sigma"], r["blur_sigma"]
+        sharp_inside = not np.isfinite(s_in) or s_in < max(np.nan_to_num(s_ring, nan=0.5), 0.5) + 1.0
+        hazed = abs(i["mean"] - e.mean) < 0.15 and i["p05"] > r["p05"] + 0.1 and i["p95"] < r["p95"] - 0.1
+        if sharp_inside and hazed and rng_in < 0.55 * rng_ring:
+            found["low_contrast"] = Finding(
+                "low_contrast",
+                severity("low_contrast", 0.9 * rng_in / max(rng_ring, 1e-3)),
+                f"tones span {100 * rng_in:.0f}% against {100 * rng_ring:.0f}% around, blacks lifted",
+                box,
             )
 
         # A cast adds one vector to every pixel's log-chroma: the region's greyest pixels move away
         # from the image's greyest by as much as its mean moves from the surroundings' mean, and its
         # variety of colours stays. A uniformly coloured object moves the mean and loses the variety.
-        if (
-            np.isfinite(i["neutral_a"])
-            and np.isfinite(i["chroma_mean_a"])
-            and np.isfinite(r["chroma_mean_a"])
-        ):
+        if np.isfinite(i["neutral_a"]) and np.isfinite(i["chroma_a"]) and np.isfinite(r["chroma_a"]):
             shift_n = np.array([i["neutral_a"], i["neutral_b"]]) - np.nan_to_num(look.neutral)
-            shift_m = np.array(
-                [i["chroma_mean_a"] - r["chroma_mean_a"], i["chroma_mean_b"] - r["chroma_mean_b"]]
-            )
-            d = float(np.linalg.norm(shift_n))
-            dm = float(np.linalg.norm(shift_m))
-            agree = d > 0 and dm > 0 and float(shift_n @ shift_m) / (d * dm) > 0.8 and 0.5 < dm / d < 2.0
-            varied = i["chroma_spread"] >= 0.6 * r["chroma_spread"]
-            if d > 0.3 and agree and varied:
-                scores["color_cast"] = severity("color_cast", float(np.expm1(d)))
-                reasons["color_cast"] = (
-                    f"the whole region is tinted: its greyest pixels and its mean shifted by {d:.2f} (log-chroma)"
+            shift_m = np.array([i["chroma_a"] - r["chroma_a"], i["chroma_b"] - r["chroma_b"]])
+            d, dm = float(np.linalg.norm(shift_n)), float(np.linalg.norm(shift_m))
+            agree = d > 0 and dm > 0 and float(shift_n @ shift_m) / (d * dm) > 0.9 and 0.7 < dm / d < 1.4
+            if d > 0.3 and agree and i["chroma_spread"] >= 0.75 * r["chroma_spread"]:
+                found["color_cast"] = Finding(
+                    "color_cast",
+                    severity("color_cast", float(np.expm1(d))),
+                    f"the whole region is tinted: its greyest pixels and its mean shifted by {d:.2f}",
+                    box,
                 )
 
-        o_in, o_ring = i["occupancy"], r["occupancy"]
-        if np.isfinite(o_in) and o_in < 0.35 and (not np.isfinite(o_ring) or o_ring > 0.5):
-            scores["artifact"] = severity("artifact", o_in)
-            reasons["artifact"] = f"only {100 * o_in:.0f}% of grey levels used: banding / posterization"
-
-        numbers = {f"in_{k}": round(v, 4) for k, v in i.items() if np.isfinite(v)}
-        numbers.update({f"ring_{k}": round(v, 4) for k, v in r.items() if np.isfinite(v)})
-        if not scores:
-            return "", 0.0, "nothing stands out against the surroundings", numbers
-        kind = max(scores, key=scores.get)
-        return kind, float(np.clip(scores[kind], 0.0, 1.0)), reasons[kind], numbers
+        for kind in exclude:  # already reported for the whole image
+            found.pop(kind, None)
+        if not found:
+            return Finding("", 0.0, not_a_defect, box)
+        best = max(found.values(), key=lambda f: f.severity)
+        best.severity = float(np.clip(best.severity, 0.0, 1.0))
+        return best
 
     def _confirm_global(
-        self, rgb: np.ndarray, look: Look, kind: str, sus: float
+        self, rgb: np.ndarray, look: Look, kind: str, suspicion: float
     ) -> tuple[float, str, TraceStep]:
         """Zoom at native resolution where ``kind`` is best measured, to confirm a global suspicion."""
         h, w = rgb.shape[:2]
-        t_native = look.tile / look.scale
+        st = look.stats
+        t_native = st.tile / look.scale
         if kind == "blur":
-            edge = np.where(np.isfinite(look.blur.sigma), look.blur.edge, -1.0)
+            edge = np.where(np.isfinite(st.sigma), st.edge, -1.0)
             r, c = np.unravel_index(int(np.argmax(edge)), edge.shape)
             why = "the whole image looks soft even where it has the most detail"
         elif kind == "noise":
-            quiet = np.where(look.tile_p95 > 20, look.blur.edge, np.inf)
+            quiet = np.where(st.p95 > 0.08, st.edge, np.inf)
             r, c = np.unravel_index(int(np.argmin(quiet)), quiet.shape)
             why = "fine grain everywhere, even in the flattest areas"
         else:  # jpeg
-            t_native = float(look.block_tile)
+            t_native = float(look.native_tile)
             r, c = np.unravel_index(int(np.argmax(look.block)), look.block.shape)
             why = "8x8 block borders show across the image"
-        side = max(96.0, 3 * t_native)
+        side = max(128.0, 3 * t_native)
         cx, cy = (c + 0.5) * t_native, (r + 0.5) * t_native
         box = (
             int(max(0, cx - side / 2)),
@@ -542,32 +655,30 @@ class ClassicalAssessor(AssessorBackend):
             int(min(h, cy + side / 2)),
         )
         zoom = crop_zoom(rgb, box, normalized=False, context=0.0, min_side=64, target_size=None)
-        patch = zoom.image
-        y = cues.luminance(patch)
-        tile = _tile_for(*patch.shape[:2], 32)
+        tile = _tile_for(zoom.image.shape[0], zoom.image.shape[1], 32)
+        phase = ((look.phase[0] - zoom.box[0]) % 8, (look.phase[1] - zoom.box[1]) % 8)
+        ts = cues.tile_stats(zoom.image, tile, native=True, phase=phase)
+        m = cues.summarize(ts, np.ones(ts.shape, bool))
         if kind == "blur":
-            value = _pct(cues.blur_map(y, tile).sigma, 30)
-            sev = severity("blur", value)
+            value = m["blur_sigma"]
+            sev = 0.5 * (severity("blur", value) + suspicion)
             obs = f"edges are {value:.1f} px wide (Gaussian sigma) at native resolution"
         elif kind == "noise":
-            ns, wh = cues.noise_sigma_map(y, tile)
-            value = float(np.median(ns))
-            sev = severity("noise", value) if float(np.median(wh)) > 1.25 else 0.0
-            obs = f"grain of sigma {value:.1f} (of 255), whiteness {float(np.median(wh)):.2f}"
+            value = m["noise_sigma"]
+            sev = 0.5 * (severity("noise", value) + suspicion) if m["whiteness"] > 1.25 else 0.0
+            obs = f"grain of sigma {value:.1f} (of 255), whiteness {m['whiteness']:.2f}"
         else:
-            value = cues.blockiness_map(y, max(8, min(32, min(patch.shape[:2]) // 2 // 8 * 8)))[1]
-            sev = max(severity("jpeg", value), sus) if value > 0.1 else 0.5 * sus
+            value = m["blockiness"]
+            sev = max(severity("jpeg", value), suspicion) if value > 0.1 else 0.5 * suspicion
             obs = f"block borders {value:.2f}x stronger than block interiors"
-        # the look and the zoom measure the same quantity; keep the better-supported middle ground
-        sev = float(0.5 * (sev + sus)) if kind != "jpeg" else sev
         step = TraceStep(
             thought=f"Suspect {kind} over the whole image: {why}. Zoom in at native resolution to check.",
             tool_call=ToolCall("crop_zoom", {"bbox_2d": list(box), "context": 0.0, "target_size": None}),
             observation=f"{'Confirmed' if sev >= self.config.min_severity else 'Not confirmed'}: {obs}.",
             view=list(zoom.box),
-            data={"value": round(float(value), 4), "severity": round(sev, 4)},
+            data={"value": round(float(value), 4), "severity": round(float(sev), 4)},
         )
-        return sev, obs, step
+        return float(sev), obs, step
 
     # ------------------------------------------------------------------ (d) verdict
     def assess(self, image: np.ndarray) -> Diagnosis:
@@ -576,20 +687,19 @@ class ClassicalAssessor(AssessorBackend):
         check_image_size(rgb)
         h, w = rgb.shape[:2]
         look = self._global_look(rgb)
-        look.soft_fraction = self._soft_fraction(look)
         t_look = time.perf_counter()
         sus = self._global_suspicions(look)
         e = look.exposure
         lh, lw = round(h * look.scale), round(w * look.scale)
         trace = [
             TraceStep(
-                thought=f"First a look at the whole image ({w}x{h}, seen at {lw}x{lh}): exposure, contrast, colour, "
-                "and where local cues deviate.",
+                thought=f"First a look at the whole image ({w}x{h}, seen at {lw}x{lh}): exposure, contrast, "
+                "colour, and where local cues deviate.",
                 observation=(
                     f"mean brightness {100 * e.mean:.0f}%, tones {100 * e.p01:.0f}-{100 * e.p99:.0f}%, "
                     f"{100 * e.clipped_hi:.1f}% blown out; light colour off neutral by {look.cast:.2f}; "
                     f"sharpest edges {look.sharp_ref:.1f} px; noise floor {look.noise_floor:.1f}; "
-                    f"8x8 blockiness {look.block_global:.2f}; grey-level use {100 * look.occupancy:.0f}%."
+                    f"8x8 blockiness {look.block_global:.2f}; grey-level use {100 * look.occupancy_global:.0f}%."
                 ),
                 view=[0, 0, w, h],
                 data={"suspicions": {k: round(v, 4) for k, v in sus.items()}},
@@ -599,11 +709,11 @@ class ClassicalAssessor(AssessorBackend):
         regions: list[Region] = []
         full = [0, 0, w, h]
         global_reason = {
-            "overexposure": f"{100 * e.clipped_hi:.0f}% of the image is blown out",
+            "overexposure": f"{100 * e.clipped_hi:.0f}% of the image is blown out, mean brightness {100 * e.mean:.0f}%",
             "underexposure": f"the brightest tones reach only {100 * e.p999:.0f}%",
             "low_contrast": f"tones span only {100 * (e.p99 - e.p01):.0f}% with blacks lifted to {100 * e.p01:.0f}%",
             "color_cast": f"the light colour is off neutral by {look.cast:.2f} (RGB {np.round(look.light, 2).tolist()})",
-            "artifact": f"only {100 * look.occupancy:.0f}% of grey levels are used: banding",
+            "artifact": f"only {100 * look.occupancy_global:.0f}% of grey levels are used: banding",
         }
         for kind, s in sus.items():
             reason = global_reason.get(kind, "")
@@ -618,33 +728,38 @@ class ClassicalAssessor(AssessorBackend):
         for cand in self._candidates(look, (h, w)):
             if cand.distortion in global_kinds:
                 continue  # already everywhere; a local look adds nothing
-            zoom = self._zoom(rgb, cand.box, self.config.context)
+            z = self._measure(rgb, cand.box, look)
             area = (cand.box[2] - cand.box[0]) * (cand.box[3] - cand.box[1]) / float(w * h)
-            kind, sev, reason, numbers = self._judge(
-                self._measure(zoom.image, zoom.requested_in_zoom()), look, area
-            )
-            confirmed = bool(kind) and sev >= self.config.min_severity
+            f = self._judge(z, look, cand.box, area, global_kinds)
+            confirmed = bool(f.distortion) and f.severity >= self.config.min_severity
+            numbers = {f"in_{k}": round(v, 4) for k, v in z.inside_stats.items() if np.isfinite(v)}
+            numbers.update({f"ring_{k}": round(v, 4) for k, v in z.ring_stats.items() if np.isfinite(v)})
             trace.append(
                 TraceStep(
                     thought=f"Region {list(cand.box)} looks suspicious for {cand.distortion}: {cand.why} "
                     f"(estimated severity {cand.estimate:.2f}). Zoom in with its surroundings to compare.",
                     tool_call=ToolCall(
                         "crop_zoom",
-                        {"bbox_2d": list(cand.box), "context": self.config.context, "target_size": None},
+                        {
+                            "bbox_2d": list(cand.box),
+                            "context": self.config.context,
+                            "target_size": self.config.zoom_size,
+                        },
                     ),
                     observation=(
-                        f"Confirmed {kind} (severity {sev:.2f}): {reason}."
+                        f"Confirmed {f.distortion} (severity {f.severity:.2f}) in {list(f.box)}: {f.reason}."
                         if confirmed
-                        else f"Rejected: {reason or 'too mild'}."
+                        else f"Rejected: {f.reason or 'too mild'}."
                     ),
-                    view=list(zoom.box),
+                    view=list(z.zoom.box),
                     data=numbers,
                 )
             )
-            if kind:
-                findings.append((sev, area_weight(area)))
-            if confirmed:
-                regions.append(Region(list(cand.box), kind, round(sev, 3), reason))
+            if f.distortion:
+                f_area = (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]) / float(w * h)
+                findings.append((f.severity, area_weight(f_area)))
+            if confirmed and all(_iou(f.box, r.bbox) < 0.5 or r.distortion != f.distortion for r in regions):
+                regions.append(Region(list(f.box), f.distortion, round(f.severity, 3), f.reason))
 
         score = score_from(findings)
         regions.sort(key=lambda r: -r.severity)
@@ -669,11 +784,3 @@ class ClassicalAssessor(AssessorBackend):
                 "total_s": round(t_end - t0, 4),
             },
         )
-
-
-def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0

@@ -1,11 +1,14 @@
-"""Local cue maps of the classical critic, each in physical units where one exists.
+"""Local cues of the classical critic, measured tile by tile in physical units where one exists.
 
-Every cue answers one question on a grid of square tiles: how wide are the edges here (blur, in
-pixels of Gaussian sigma), how strong is the white noise (sigma on the 0..255 scale), how much do
-8x8 block borders stand out (JPEG), how much is clipped, how much contrast is left, which way
-the colours lean, how many grey levels are used (banding). Physical units let one severity scale
-serve every image size and let the zoom step re-measure the same quantity at native resolution.
-No torch here: this path must start fast.
+Every cue answers one question about a square tile: how wide are the edges (blur, as a Gaussian
+sigma in pixels), how strong is the white noise (sigma on the 0..255 luma scale) and is it white
+and coloured like sensor noise rather than texture, how much do 8x8 block borders stand out
+(JPEG), how much is blown out, what is left of black and white, which way the colours lean, how
+many grey levels are used (banding). Physical units let one severity scale serve every image size
+and let the zoom step re-measure the same quantity at native resolution.
+
+``tile_stats`` computes all of them at once, vectorised over tiles, for the global look (on a
+reduced image) and for every zoom (on native pixels). No torch here: this path must start fast.
 """
 
 from __future__ import annotations
@@ -17,14 +20,22 @@ import numpy as np
 
 REBLUR_SIGMA = 1.5  # the reference blur of the reblur test
 SOBEL_SIGMA = 0.75  # effective blur of the 3x3 Sobel derivative itself (calibrated on step edges)
-EDGE_MIN = 6.0  # peak gradient (0..255 per pixel, after reblur) that counts as an edge worth measuring
+EDGE_MIN = 2.5  # peak gradient (0..255 per pixel, after reblur) that counts as an edge worth measuring
 IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+IMMERKAER_GAIN = np.sqrt(np.pi / 2.0) / 6.0  # mean |conv| of N(0, s^2) noise is 6 s sqrt(2/pi)
+
+
+_LINEAR = np.power(np.arange(256, dtype=np.float64) / 255.0, 2.2).astype(np.float32)  # sRGB ~ gamma 2.2
+_LOG_LINEAR = np.log(_LINEAR + 0.02).astype(
+    np.float32
+)  # the offset keeps near-black channels from dominating
+_LUMA = np.array([[0.299, 0.587, 0.114]], np.float32)
 
 
 def luminance(rgb: np.ndarray) -> np.ndarray:
     """Rec.601 luma as float32 0..255."""
-    rgb = rgb.astype(np.float32)
-    return 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
+    y = cv2.transform(np.ascontiguousarray(rgb, dtype=np.float32), _LUMA)
+    return y[..., 0] if y.ndim == 3 else y
 
 
 def tiles(arr: np.ndarray, tile: int) -> np.ndarray:
@@ -37,20 +48,16 @@ def tiles(arr: np.ndarray, tile: int) -> np.ndarray:
     return a.reshape(rows, tile, cols, tile, c).transpose(0, 2, 1, 3, 4).reshape(rows, cols, tile * tile, c)
 
 
-def grid_shape(shape: tuple[int, ...], tile: int) -> tuple[int, int]:
-    return shape[0] // tile, shape[1] // tile
+def untile(t: np.ndarray, tile: int) -> np.ndarray:
+    """Inverse of ``tiles`` for a (rows, cols, tile*tile) array: back to (rows*tile, cols*tile)."""
+    rows, cols = t.shape[:2]
+    return t.reshape(rows, cols, tile, tile).transpose(0, 2, 1, 3).reshape(rows * tile, cols * tile)
 
 
 def gradient_magnitude(y: np.ndarray) -> np.ndarray:
     gx = cv2.Sobel(y, cv2.CV_32F, 1, 0, ksize=3, scale=0.125, borderType=cv2.BORDER_REFLECT)
     gy = cv2.Sobel(y, cv2.CV_32F, 0, 1, ksize=3, scale=0.125, borderType=cv2.BORDER_REFLECT)
     return cv2.magnitude(gx, gy)
-
-
-@dataclass
-class BlurMap:
-    sigma: np.ndarray  # (rows, cols) estimated edge blur (Gaussian sigma, pixels); nan = no edges
-    edge: np.ndarray  # (rows, cols) peak gradient after reblur: how much structure there is
 
 
 def edge_sigma(g_fine: np.ndarray, g_coarse: np.ndarray) -> np.ndarray:
@@ -61,152 +68,48 @@ def edge_sigma(g_fine: np.ndarray, g_coarse: np.ndarray) -> np.ndarray:
         return np.sqrt(np.clip(total - SOBEL_SIGMA**2, 0.0, 400.0))
 
 
-def blur_map(y: np.ndarray, tile: int) -> BlurMap:
-    """Edge width per tile by the reblur test: sharp edges lose much of their peak gradient when
-    blurred again, soft ones little. Scale-free in contrast, so dark or hazy content still reads."""
-    g1 = gradient_magnitude(y)
-    g2 = gradient_magnitude(cv2.GaussianBlur(y, (0, 0), REBLUR_SIGMA, borderType=cv2.BORDER_REFLECT))
-    t1, t2 = tiles(g1, tile), tiles(g2, tile)
-    k = t1.shape[2] - max(1, t1.shape[2] // 64)  # ~98.5th percentile: the edge pixels of the tile
-    p1 = np.partition(t1, k, axis=2)[:, :, k]
-    p2 = np.partition(t2, k, axis=2)[:, :, k]
-    sigma = edge_sigma(p1, p2)
-    sigma[p2 < EDGE_MIN] = np.nan
-    return BlurMap(sigma=sigma, edge=p2)
+def _kth(t: np.ndarray, q: float) -> np.ndarray:
+    """The q-quantile (0..1) along the last axis by partial sort (nearest rank)."""
+    k = int(round(q * (t.shape[-1] - 1)))
+    return np.partition(t, k, axis=-1)[..., k]
 
 
-def noise_sigma_map(y: np.ndarray, tile: int) -> tuple[np.ndarray, np.ndarray]:
-    """White-noise sigma per tile (Immerkaer's operator over the flatter half of each tile) and how
-    white the residual is: the sigma ratio between full and half resolution, 2 for white noise,
-    about 1 for texture and edges. Texture like grass or hair fails the whiteness test."""
-    conv = np.abs(cv2.filter2D(y, cv2.CV_32F, IMMERKAER, borderType=cv2.BORDER_REFLECT))
-    g2 = gradient_magnitude(cv2.GaussianBlur(y, (0, 0), 1.0, borderType=cv2.BORDER_REFLECT))
-    tc, tg = tiles(conv, tile), tiles(g2, tile)
-    n = tc.shape[2]
-    order = np.argsort(tg, axis=2)[:, :, : n // 2]
-    flat = np.take_along_axis(tc, order, axis=2)
-    # median |N(0, 36 s^2)| = 0.6745 * 6 s; the median resists the few edge pixels left
-    sigma = np.median(flat, axis=2) / (0.6745 * 6.0)
-    half = cv2.resize(y, (y.shape[1] // 2, y.shape[0] // 2), interpolation=cv2.INTER_AREA)
-    conv_h = np.abs(cv2.filter2D(half, cv2.CV_32F, IMMERKAER, borderType=cv2.BORDER_REFLECT))
-    th = tiles(conv_h, tile // 2)[: sigma.shape[0], : sigma.shape[1]]
-    sigma_h = np.median(th, axis=2) / (0.6745 * 6.0)
-    if sigma_h.shape != sigma.shape:  # odd sizes: pad the half-resolution grid
-        pad = np.full(sigma.shape, np.nan, np.float32)
-        pad[: sigma_h.shape[0], : sigma_h.shape[1]] = sigma_h
-        sigma_h = pad
-    whiteness = sigma / np.maximum(sigma_h, 0.25)
-    return sigma.astype(np.float32), whiteness.astype(np.float32)
+def tile_mean(arr: np.ndarray, tile: int) -> np.ndarray:
+    """Mean of an H x W map over each tile, (rows, cols); area resampling computes it exactly."""
+    rows, cols = arr.shape[0] // tile, arr.shape[1] // tile
+    a = np.ascontiguousarray(arr[: rows * tile, : cols * tile], dtype=np.float32)
+    return cv2.resize(a, (cols, rows), interpolation=cv2.INTER_AREA).reshape(rows, cols)
 
 
-def blockiness_map(y: np.ndarray, tile: int = 64) -> tuple[np.ndarray, float, int]:
-    """JPEG 8x8 blockiness per tile at native resolution: how much brighter the differences across
-    block borders are than those inside blocks (0 = none). Also the global value and grid phase."""
-    tile = max(8, tile - tile % 8)
-    dh = np.abs(np.diff(y, axis=1))  # dh[:, j] = |y[:, j+1] - y[:, j]|
-    dv = np.abs(np.diff(y, axis=0))
-    h, w = y.shape
-    rows, cols = h // tile, w // tile
-    dh = np.pad(dh, ((0, 0), (0, 1)), mode="edge")[: rows * tile, : cols * tile]
-    dv = np.pad(dv, ((0, 1), (0, 0)), mode="edge")[: rows * tile, : cols * tile]
-    # mean difference per (tile, phase within the 8-pixel period)
-    ph = dh.reshape(rows, tile, cols, tile // 8, 8).mean(axis=(1, 3))  # (rows, cols, 8)
-    pv = dv.reshape(rows, tile // 8, 8, cols, tile).mean(axis=(1, 4))  # (rows, 8, cols)
-    pv = pv.transpose(0, 2, 1)
-    glob_h = ph.reshape(-1, 8).mean(axis=0)
-    glob_v = pv.reshape(-1, 8).mean(axis=0)
-
-    def ratio(per_phase: np.ndarray, phase: int) -> np.ndarray:
-        # the border phase must stand out against the phases 2, 4 and 6 away too: an image
-        # upscaled 2x or 4x has a period of 2 or 4 that is not JPEG
-        same_period = [(phase + k) % 8 for k in (2, 4, 6)]
-        others = np.median(np.delete(per_phase, phase, axis=-1), axis=-1)
-        inside = np.maximum(others, per_phase[..., same_period].max(axis=-1))
-        return (per_phase[..., phase] - inside) / (inside + 1.0)
-
-    # blocks show in both directions; one long straight edge or a brick wall's mortar lines line
-    # up with a grid in one direction only
-    phase_h, phase_v = int(np.argmax(glob_h)), int(np.argmax(glob_v))
-    block = np.minimum(ratio(ph, phase_h), ratio(pv, phase_v))
-    g_block = float(min(ratio(glob_h, phase_h), ratio(glob_v, phase_v)))
-    phase = phase_h
-    return np.maximum(block, 0.0).astype(np.float32), max(g_block, 0.0), phase
+def tile_masked_mean(arr: np.ndarray, mask: np.ndarray, tile: int) -> np.ndarray:
+    m = tile_mean(mask.astype(np.float32), tile)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(m > 0, tile_mean(arr * mask, tile) / np.maximum(m, 1e-9), np.nan)
 
 
-@dataclass
-class ExposureStats:
-    mean: float  # mean luma 0..1
-    p01: float  # 1st percentile of luma 0..1
-    p99: float  # 99th percentile
-    p999: float  # 99.9th percentile: the brightest lights
-    clipped_hi: float  # fraction of pixels with a channel at >= 250
-    clipped_lo: float  # fraction of pixels with luma <= 4
-    contrast: float  # p95 - p05 of luma, 0..1
+def _masked_mean(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    n = mask.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, (values * mask).sum(axis=-1) / np.maximum(n, 1), np.nan)
 
 
-def exposure_stats(rgb: np.ndarray, y: np.ndarray | None = None) -> ExposureStats:
-    y = luminance(rgb) if y is None else y
-    q = np.percentile(y, [1, 5, 95, 99, 99.9]) / 255.0
-    return ExposureStats(
-        mean=float(y.mean() / 255.0),
-        p01=float(q[0]),
-        p99=float(q[3]),
-        p999=float(q[4]),
-        clipped_hi=float((rgb.max(axis=2) >= 250).mean()),
-        clipped_lo=float((y <= 4).mean()),
-        contrast=float(q[2] - q[1]),
-    )
-
-
-def clipping_map(rgb: np.ndarray, y: np.ndarray, tile: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fraction of blown-out (any channel >= 250) and crushed (luma <= 4) pixels per tile."""
-    hi = tiles((rgb.max(axis=2) >= 250).astype(np.float32), tile).mean(axis=2)
-    lo = tiles((y <= 4).astype(np.float32), tile).mean(axis=2)
-    return hi, lo
-
-
-def tile_luma_stats(y: np.ndarray, tile: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per tile: mean luma, and the 5th / 95th percentiles (what is left of black and white)."""
-    t = tiles(y, tile)
-    n = t.shape[2]
-    k5, k95 = n // 20, n - 1 - n // 20
-    part = np.partition(t, (k5, k95), axis=2)
-    return t.mean(axis=2), part[:, :, k5], part[:, :, k95]
-
-
-def illuminant(rgb: np.ndarray, p: float = 6.0) -> np.ndarray:
-    """Shades-of-grey-edge estimate of the light colour in linear RGB, normalized to sum 3.
-
-    Edges are where surfaces of different colour meet; their average colour is greyer than the
-    surfaces themselves, so a colourful subject pulls this estimate much less than grey-world.
-    """
-    lin = np.power(rgb.astype(np.float32) / 255.0, 2.2)
-    ok = (rgb.max(axis=2) < 250) & (rgb.min(axis=2) > 3)  # clipped pixels carry no colour
-    est = np.empty(3, np.float64)
-    for c in range(3):
-        g = gradient_magnitude(cv2.GaussianBlur(lin[..., c], (0, 0), 1.0))
-        v = g[ok] if ok.any() else g.ravel()
-        est[c] = np.power(np.mean(np.power(v, p)) + 1e-12, 1.0 / p)
-    return est / est.sum() * 3.0
-
-
-def cast_strength(light: np.ndarray) -> float:
-    """How far a light colour (sum 3) is from neutral: max/min channel ratio minus one."""
-    return float(light.max() / max(light.min(), 1e-6) - 1.0)
-
-
-def log_chroma(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def log_chroma(rgb: np.ndarray, y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Opponent log-chroma (a: red-green, b: yellow-blue) and a validity mask of mid-tone pixels.
 
     A colour cast multiplies the channels by gains, i.e. adds one constant vector to every pixel's
     log-chroma; dark and clipped pixels carry no reliable colour and are left out."""
-    lin = np.power(rgb.astype(np.float32) / 255.0, 2.2)
-    logs = np.log(lin + 1e-3)
-    a = logs[..., 0] - logs[..., 1]
-    b = 0.5 * (logs[..., 0] + logs[..., 1]) - logs[..., 2]
-    lum = lin @ np.array([0.2126, 0.7152, 0.0722], np.float32)
-    ok = (lum > 0.02) & (rgb.max(axis=2) < 250)
+    r, g, bl = (np.ascontiguousarray(rgb[..., c]) for c in range(3))
+    lr, lg, lb = (cv2.LUT(ch, _LOG_LINEAR) for ch in (r, g, bl))
+    a = lr - lg
+    b = 0.5 * (lr + lg) - lb
+    y = luminance(rgb) if y is None else y
+    ok = (y > 43.0) & (channel_max(rgb) < 250)  # 43/255 in sRGB ~ 2% of white in linear light
     return a, b, ok
+
+
+def channel_max(rgb: np.ndarray) -> np.ndarray:
+    """Per-pixel max over R, G, B (numpy's reduction over a last axis of 3 is slow)."""
+    return np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
 
 
 def neutral_chroma(a: np.ndarray, b: np.ndarray, ok: np.ndarray, q: float = 0.1) -> np.ndarray:
@@ -221,66 +124,327 @@ def neutral_chroma(a: np.ndarray, b: np.ndarray, ok: np.ndarray, q: float = 0.1)
     return np.array([a[idx].mean(), b[idx].mean()])
 
 
-def neutral_chroma_map(rgb: np.ndarray, tile: int, q: float = 0.25) -> np.ndarray:
-    """``neutral_chroma`` per tile (rows, cols, 2); nan where a tile has too few mid-tone pixels."""
-    a, b, ok = log_chroma(rgb)
-    ta, tb, tok = tiles(a, tile), tiles(b, tile), tiles(ok, tile)
-    sat = np.where(tok, np.hypot(ta, tb), np.inf)
-    n = sat.shape[2]
-    k = max(1, int(q * n))
-    idx = np.argpartition(sat, k - 1, axis=2)[:, :, :k]
-    valid = np.take_along_axis(tok, idx, axis=2)
-    wa = np.take_along_axis(ta, idx, axis=2)
-    wb = np.take_along_axis(tb, idx, axis=2)
-    cnt = valid.sum(axis=2)
+def white_patch_chroma(
+    a: np.ndarray, b: np.ndarray, ok: np.ndarray, y: np.ndarray, q: float = 0.02
+) -> np.ndarray:
+    """Mean log-chroma of the brightest ``q`` of valid (unclipped) pixels: highlights take the
+    colour of the light."""
+    if ok.sum() < 16:
+        return np.array([np.nan, np.nan])
+    yv = y[ok]
+    sel = yv >= np.percentile(yv, 100.0 * (1.0 - q))
+    return np.array([a[ok][sel].mean(), b[ok][sel].mean()])
+
+
+def cast_estimate(rgb: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """How far the light's colour is from neutral (max/min channel ratio - 1), as the median of
+    three estimates that fail on different scenes: grey edges (fooled by a colourful subject's
+    outline), the greyest pixels (fooled when nothing in the scene is grey) and the brightest
+    pixels (fooled by coloured lights). Also returns the grey-edge light and the neutral chroma."""
+    y = luminance(rgb)
+    a, b, ok = log_chroma(rgb, y)
+    light = illuminant(rgb)
+    neutral = neutral_chroma(a, b, ok)
+    white = white_patch_chroma(a, b, ok, y)
+    votes = [cast_strength(light)]
+    for c in (neutral, white):
+        votes.append(float(np.expm1(np.hypot(*c))) if np.isfinite(c).all() else votes[0])
+    return float(np.median(votes)), light, neutral
+
+
+@dataclass
+class TileStats:
+    """Every cue, one value per tile: arrays of shape (rows, cols)."""
+
+    tile: int
+    edge: np.ndarray  # peak gradient after reblur: how much structure there is
+    sigma: np.ndarray  # edge blur (Gaussian sigma, pixels); nan = no edges to measure
+    noise: np.ndarray  # white-noise sigma of luma (0..255) over the flatter half of the tile
+    whiteness: np.ndarray  # noise sigma ratio full / half resolution: ~2 white noise, ~1 texture
+    chroma_noise: np.ndarray  # fine-grain energy in colour differences / in luma: ~2 noise, ~0 texture
+    block: np.ndarray  # 8x8 blockiness (0 = none); nan when not measured
+    clip_hi: np.ndarray  # fraction of pixels with a channel >= 250
+    mean: np.ndarray  # mean luma 0..1
+    p05: np.ndarray  # 5th / 95th luma percentiles 0..1: what is left of black and white
+    p95: np.ndarray
+    chroma: np.ndarray  # (rows, cols, 2) mean log-chroma of valid pixels
+    neutral: np.ndarray  # (rows, cols, 2) log-chroma of the tile's least saturated quarter
+    chroma_var: np.ndarray  # within-tile variance of log-chroma (a + b)
+    occupancy: np.ndarray  # share of grey levels used (green channel); nan when the range is narrow
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.edge.shape
+
+    def centres(self) -> tuple[np.ndarray, np.ndarray]:
+        rows, cols = self.shape
+        return (np.arange(rows) + 0.5) * self.tile, (np.arange(cols) + 0.5) * self.tile
+
+
+def _blockiness_ratio(per_phase: np.ndarray, phase: int) -> np.ndarray:
+    """How much the block-border phase stands out among the 8 phases of the differences.
+
+    It must stand out against the phases 2, 4 and 6 away too: an image upscaled 2x or 4x has a
+    period of 2 or 4 that is not JPEG."""
+    same_period = [(phase + k) % 8 for k in (2, 4, 6)]
+    others = np.median(np.delete(per_phase, phase, axis=-1), axis=-1)
+    inside = np.maximum(others, per_phase[..., same_period].max(axis=-1))
+    return (per_phase[..., phase] - inside) / (inside + 1.0)
+
+
+def block_phases(y: np.ndarray, tile: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean absolute horizontal / vertical luma difference per tile and per phase within the
+    8-pixel period: arrays (rows, cols, 8). ``tile`` must be a multiple of 8."""
+    h, w = y.shape
+    rows, cols = h // tile, w // tile
+    dh = np.abs(np.diff(y, axis=1, append=y[:, -1:]))[
+        : rows * tile, : cols * tile
+    ]  # dh[:, j] = |y[j+1] - y[j]|
+    dv = np.abs(np.diff(y, axis=0, append=y[-1:, :]))[: rows * tile, : cols * tile]
+    ph = dh.reshape(rows, tile, cols, tile // 8, 8).mean(axis=(1, 3))
+    pv = dv.reshape(rows, tile // 8, 8, cols, tile).mean(axis=(1, 4)).transpose(0, 2, 1)
+    return ph, pv
+
+
+def blockiness(
+    y: np.ndarray,
+    tile: int,
+    phase: tuple[int, int] | None = None,
+    origin_phase: tuple[int, int] | None = (7, 7),
+) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """JPEG blockiness per tile, for the whole input, and the grid phase (horizontal, vertical).
+
+    Blocks show in both directions; one long straight edge or a brick wall's mortar lines line up
+    with a grid in one direction only, so the weaker direction counts."""
+    ph, pv = block_phases(y, tile)
+    gh, gv = ph.reshape(-1, 8).mean(axis=0), pv.reshape(-1, 8).mean(axis=0)
+    if phase is None:
+        phase = (int(np.argmax(gh)), int(np.argmax(gv)))
+    per_tile = np.minimum(_blockiness_ratio(ph, phase[0]), _blockiness_ratio(pv, phase[1]))
+    whole = float(min(_blockiness_ratio(gh, phase[0]), _blockiness_ratio(gv, phase[1])))
+    if origin_phase is not None and tuple(origin_phase) != tuple(phase):
+        # a region compressed as part of the whole image has its grid at the image origin (phase 7),
+        # whatever the grid of the photo it came from
+        at_origin = np.minimum(_blockiness_ratio(ph, origin_phase[0]), _blockiness_ratio(pv, origin_phase[1]))
+        per_tile = np.maximum(per_tile, at_origin)
+    return np.maximum(per_tile, 0.0).astype(np.float32), max(whole, 0.0), phase
+
+
+def occupancy_tiles(channel: np.ndarray, tile: int, min_width: int = 12) -> np.ndarray:
+    """Share of the grey levels between a tile's 2nd and 98th percentile that occur at all.
+
+    Smooth photos use nearly every level; posterized or banded ones only a few."""
+    t = np.sort(tiles(channel, tile), axis=-1, kind="stable")  # radix sort for uint8
+    n = t.shape[-1]
+    k2, k98 = int(0.02 * (n - 1)), int(0.98 * (n - 1))
+    part = t[..., k2 : k98 + 1].astype(np.int16)
+    width = part[..., -1] - part[..., 0] + 1
+    levels = 1 + np.count_nonzero(np.diff(part, axis=-1), axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.stack([(wa * valid).sum(axis=2) / cnt, (wb * valid).sum(axis=2) / cnt], axis=-1)
-    out[cnt < k // 2] = np.nan
-    return out.astype(np.float32)
+        occ = levels / width.astype(np.float32)
+    return np.where(width >= min_width, occ, np.nan).astype(np.float32)
 
 
-def level_occupancy(channel: np.ndarray) -> tuple[float, int]:
-    """Fraction of the grey levels between the 2nd and 98th percentile that occur at all, and the
-    width of that range. Smooth photos use nearly every level; posterized/banded ones a few."""
+def level_occupancy(channel: np.ndarray) -> float:
+    """``occupancy_tiles`` for a whole channel (1.0 when its range is too narrow to tell)."""
     lo, hi = np.percentile(channel, [2, 98])
     lo, hi = int(lo), int(hi)
-    width = hi - lo + 1
-    if width < 12:
-        return 1.0, width
+    if hi - lo + 1 < 12:
+        return 1.0
     hist = np.bincount(channel.ravel(), minlength=256)[lo : hi + 1]
-    return float(np.count_nonzero(hist) / width), width
+    return float(np.count_nonzero(hist) / (hi - lo + 1))
 
 
-def occupancy_map(rgb: np.ndarray, tile: int) -> np.ndarray:
-    """Grey-level occupancy per tile (green channel); nan where a tile's range is too narrow."""
-    g = tiles(rgb[..., 1], tile)
-    rows, cols = g.shape[:2]
-    out = np.full((rows, cols), np.nan, np.float32)
-    for r in range(rows):
-        for c in range(cols):
-            occ, width = level_occupancy(g[r, c])
-            if width >= 24:
-                out[r, c] = occ
-    return out
+def tile_stats(
+    rgb: np.ndarray,
+    tile: int,
+    *,
+    native: bool = True,
+    phase: tuple[int, int] | None = None,
+    origin_phase: tuple[int, int] | None = (7, 7),
+) -> TileStats:
+    """All cues on a grid of ``tile`` x ``tile`` pixels of ``rgb`` (uint8). With ``native=False``
+    (a downscaled look), JPEG blocks and grey levels are not measured: resampling destroys both."""
+    y = luminance(rgb)
+    rows, cols = y.shape[0] // tile, y.shape[1] // tile
+    nan_map = np.full((rows, cols), np.nan, np.float32)
+
+    # blur: the reblur test on each tile's strongest edges (~98.5th percentile of gradients)
+    g1 = tiles(gradient_magnitude(y), tile)
+    g2 = tiles(
+        gradient_magnitude(cv2.GaussianBlur(y, (0, 0), REBLUR_SIGMA, borderType=cv2.BORDER_REFLECT)), tile
+    )
+    edge = _kth(g2, 0.985)
+    sigma = edge_sigma(_kth(g1, 0.985), edge)
+    sigma[edge < EDGE_MIN] = np.nan
+
+    # noise: Immerkaer's operator over the flatter half of each tile, in luma and colour differences
+    smooth_grad = tiles(
+        gradient_magnitude(cv2.GaussianBlur(y, (0, 0), 1.0, borderType=cv2.BORDER_REFLECT)), tile
+    )
+    flat = untile(smooth_grad <= _kth(smooth_grad, 0.5)[..., None], tile)
+    f32 = rgb.astype(np.float32)
+
+    def resid(ch: np.ndarray) -> np.ndarray:
+        return np.abs(cv2.filter2D(ch, cv2.CV_32F, IMMERKAER, borderType=cv2.BORDER_REFLECT))
+
+    noise_y = tile_masked_mean(resid(y)[: flat.shape[0], : flat.shape[1]], flat, tile)
+    c1 = f32[..., 0] - f32[..., 1]
+    c2 = 0.5 * (f32[..., 0] + f32[..., 1]) - f32[..., 2]
+    rc = resid(c1) + resid(c2)
+    noise_c = 0.5 * tile_masked_mean(rc[: flat.shape[0], : flat.shape[1]], flat, tile)
+    half = cv2.resize(y, (y.shape[1] // 2, y.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    half_t = tile // 2
+    sg_half = tiles(gradient_magnitude(cv2.GaussianBlur(half, (0, 0), 1.0)), half_t)
+    flat_half = untile(sg_half <= _kth(sg_half, 0.5)[..., None], half_t)
+    nh = tile_masked_mean(resid(half)[: flat_half.shape[0], : flat_half.shape[1]], flat_half, half_t)
+    noise_half = nan_map.copy()
+    noise_half[: min(rows, nh.shape[0]), : min(cols, nh.shape[1])] = nh[:rows, :cols]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        whiteness = noise_y / np.maximum(noise_half, 0.25 / IMMERKAER_GAIN)
+        chroma_noise = noise_c / np.maximum(noise_y, 1e-3)
+
+    # exposure and tones
+    clip_hi = tile_mean((channel_max(rgb) >= 250).astype(np.float32), tile)
+    ty = tiles(y, tile)
+    n = ty.shape[-1]
+    k5, k95 = int(0.05 * (n - 1)), int(0.95 * (n - 1))
+    part = np.partition(ty, (k5, k95), axis=-1)
+
+    # colour
+    a, b, ok = log_chroma(rgb, y)
+    okf = ok.astype(np.float32)
+    chroma = np.stack([tile_masked_mean(a, okf, tile), tile_masked_mean(b, okf, tile)], axis=-1)
+    second = tile_masked_mean(np.square(a) + np.square(b), okf, tile)
+    var = np.maximum(second - np.square(chroma).sum(axis=-1), 0.0)
+    ta, tb, tok = tiles(a, tile), tiles(b, tile), tiles(ok, tile)
+    sat = np.where(tok, np.abs(ta) + np.abs(tb), np.inf)
+    k = max(1, n // 4)
+    idx = np.argpartition(sat, k - 1, axis=-1)[..., :k]
+    sel = np.take_along_axis(tok, idx, axis=-1)
+    neutral = np.stack(
+        [
+            _masked_mean(np.take_along_axis(ta, idx, axis=-1), sel),
+            _masked_mean(np.take_along_axis(tb, idx, axis=-1), sel),
+        ],
+        axis=-1,
+    )
+    neutral[sel.sum(axis=-1) < k // 2] = np.nan
+
+    block = nan_map.copy()
+    occupancy = nan_map.copy()
+    if native:
+        if tile % 8 == 0:
+            block = blockiness(y, tile, phase, origin_phase)[0]
+        occupancy = occupancy_tiles(rgb[..., 1], tile)
+    return TileStats(
+        tile=tile,
+        edge=edge.astype(np.float32),
+        sigma=sigma.astype(np.float32),
+        noise=(noise_y * IMMERKAER_GAIN).astype(np.float32),
+        whiteness=whiteness.astype(np.float32),
+        chroma_noise=chroma_noise.astype(np.float32),
+        block=block,
+        clip_hi=clip_hi.astype(np.float32),
+        mean=(tile_mean(y, tile) / 255.0).astype(np.float32),
+        p05=(part[..., k5] / 255.0).astype(np.float32),
+        p95=(part[..., k95] / 255.0).astype(np.float32),
+        chroma=chroma.astype(np.float32),
+        neutral=neutral.astype(np.float32),
+        chroma_var=var.astype(np.float32),
+        occupancy=occupancy,
+    )
 
 
-def chroma_noise_ratio(rgb: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """Fine-grain energy in the colour-difference channels over that in luma.
+def summarize(ts: TileStats, sel: np.ndarray) -> dict[str, float]:
+    """Region-level cue values from the tiles selected by ``sel`` (a (rows, cols) bool array)."""
+    if not sel.any():
+        return {}
 
-    Sensor noise (and any per-channel noise) is as strong in colour differences as in luma, about
-    twice the luma sigma; texture and detail of natural scenes sit almost entirely in luma. So a
-    ratio near 2 says noise, near 0 says texture (or a grey image)."""
-    x = rgb.astype(np.float32)
-    y = 0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2]
-    c1 = x[..., 0] - x[..., 1]
-    c2 = 0.5 * (x[..., 0] + x[..., 1]) - x[..., 2]
-    sel = np.ones(y.shape, bool) if mask is None else mask
-    if sel.sum() < 64:
-        return float("nan")
+    def pct(a: np.ndarray, q: float) -> float:
+        v = a[sel]
+        v = v[np.isfinite(v)]
+        return float(np.percentile(v, q)) if v.size else float("nan")
 
-    def resid(ch: np.ndarray) -> float:
-        r = np.abs(cv2.filter2D(ch, cv2.CV_32F, IMMERKAER, borderType=cv2.BORDER_REFLECT))
-        return float(np.median(r[sel]))
+    edges = np.isfinite(ts.sigma) & sel
+    chroma = ts.chroma[sel]
+    chroma = chroma[np.isfinite(chroma).all(axis=1)]
+    neutral = ts.neutral[sel]
+    neutral = neutral[np.isfinite(neutral).all(axis=1)]
+    if len(neutral):  # the greyest quarter of the region's tiles
+        order = np.argsort(np.hypot(neutral[:, 0], neutral[:, 1]))
+        neutral = neutral[order[: max(1, len(order) // 4)]].mean(axis=0)
+    else:
+        neutral = np.array([np.nan, np.nan])
+    if len(chroma):
+        cm = chroma.mean(axis=0)
+        spread = float(np.sqrt(chroma.var(axis=0).sum() + np.nanmean(ts.chroma_var[sel])))
+    else:
+        cm, spread = np.array([np.nan, np.nan]), float("nan")
+    return {
+        "tiles": float(sel.sum()),
+        "edge_tiles": float(edges.sum()),
+        "edge": pct(ts.edge, 50),
+        "blur_sigma": pct(np.where(edges, ts.sigma, np.nan), 30),
+        "noise_sigma": pct(ts.noise, 50),
+        "whiteness": pct(ts.whiteness, 50),
+        "chroma_noise": pct(ts.chroma_noise, 50),
+        "blockiness": pct(ts.block, 50),
+        "clipped": float(np.mean(ts.clip_hi[sel])),
+        "mean": float(np.mean(ts.mean[sel])),
+        "p05": pct(ts.p05, 10),
+        "p95": pct(ts.p95, 90),
+        "top": pct(ts.p95, 100),  # the brightest tile's 95th percentile: any light left at all
+        "chroma_a": float(cm[0]),
+        "chroma_b": float(cm[1]),
+        "neutral_a": float(neutral[0]),
+        "neutral_b": float(neutral[1]),
+        "chroma_spread": spread,
+        "occupancy": pct(ts.occupancy, 50),
+    }
 
-    ry = resid(y)
-    return 0.5 * (resid(c1) + resid(c2)) / max(ry, 1e-3)
+
+@dataclass
+class ExposureStats:
+    mean: float  # mean luma 0..1
+    p01: float  # 1st percentile of luma 0..1
+    p99: float  # 99th percentile
+    p999: float  # 99.9th percentile: the brightest lights
+    clipped_hi: float  # fraction of pixels with a channel at >= 250
+    clipped_lo: float  # fraction of pixels with luma <= 4
+
+
+def exposure_stats(rgb: np.ndarray, y: np.ndarray | None = None) -> ExposureStats:
+    y = luminance(rgb) if y is None else y
+    q = np.percentile(y, [1, 99, 99.9]) / 255.0
+    return ExposureStats(
+        mean=float(y.mean() / 255.0),
+        p01=float(q[0]),
+        p99=float(q[1]),
+        p999=float(q[2]),
+        clipped_hi=float((channel_max(rgb) >= 250).mean()),
+        clipped_lo=float((y <= 4).mean()),
+    )
+
+
+def illuminant(rgb: np.ndarray, p: float = 6.0) -> np.ndarray:
+    """Shades-of-grey-edge estimate of the light colour in linear RGB, normalized to sum 3.
+
+    Edges are where surfaces of different colour meet; their average colour is greyer than the
+    surfaces themselves, so a colourful subject pulls this estimate much less than grey-world.
+    """
+    lin = np.power(rgb.astype(np.float32) / 255.0, 2.2)
+    ok = (channel_max(rgb) < 250) & (
+        np.minimum(np.minimum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]) > 3
+    )  # clipped: no colour
+    est = np.empty(3, np.float64)
+    for c in range(3):
+        g = gradient_magnitude(cv2.GaussianBlur(lin[..., c], (0, 0), 1.0))
+        v = g[ok] if ok.any() else g.ravel()
+        est[c] = np.power(np.mean(np.power(v, p)) + 1e-12, 1.0 / p)
+    return est / est.sum() * 3.0
+
+
+def cast_strength(light: np.ndarray) -> float:
+    """How far a light colour (sum 3) is from neutral: max/min channel ratio minus one."""
+    return float(light.max() / max(light.min(), 1e-6) - 1.0)

@@ -10,49 +10,34 @@ from __future__ import annotations
 
 import numpy as np
 
-# (cue value, severity) anchors; interpolated linearly, clamped at the ends.
+# (cue value, severity) anchors; interpolated linearly, clamped at the ends. The middle anchors are
+# the output of ``python -m assessor.classical.calibrate`` (cue medians at levels 1..5 on the shipped
+# photos, paired with the severity their SSIM damage deserves); the first anchor sits just above
+# what clean photos measure, the last extends the scale to severe damage.
+# fmt: off
 CURVES: dict[str, tuple[tuple[float, float], ...]] = {
-    # edge blur sigma, native pixels
-    "blur": ((0.75, 0.0), (1.0, 0.12), (1.5, 0.25), (2.4, 0.42), (3.6, 0.58), (5.3, 0.72), (8.0, 0.9)),
+    # edge blur sigma, native pixels (a level-1 blur of a photo is not measurable: no anchor for it)
+    "blur": ((0.55, 0.0), (1.13, 0.45), (2.14, 0.63), (3.38, 0.71), (4.84, 0.76), (8.0, 0.85)),
     # white-noise sigma in luma (0..255); luma sigma is ~0.67 x per-channel sigma
-    "noise": ((1.6, 0.0), (2.7, 0.22), (5.2, 0.45), (8.8, 0.64), (13.5, 0.8), (20.0, 0.9), (30.0, 1.0)),
+    "noise": ((1.2, 0.0), (2.32, 0.37), (4.2, 0.65), (6.94, 0.84), (10.3, 0.94), (15.5, 0.98), (25.0, 1.0)),
     # 8x8 blockiness ratio
-    "jpeg": ((0.14, 0.0), (0.3, 0.2), (0.5, 0.33), (0.8, 0.45), (1.3, 0.58), (2.2, 0.72), (3.5, 0.85)),
+    "jpeg": ((0.08, 0.0), (0.27, 0.33), (0.44, 0.39), (0.59, 0.47), (0.98, 0.56), (1.5, 0.69), (3.0, 0.85)),
     # blown-out pixel fraction
-    "overexposure": (
-        (0.03, 0.0),
-        (0.12, 0.2),
-        (0.25, 0.35),
-        (0.4, 0.5),
-        (0.55, 0.62),
-        (0.7, 0.75),
-        (0.9, 0.9),
-    ),
+    "overexposure": ((0.02, 0.0), (0.04, 0.09), (0.14, 0.19), (0.26, 0.31), (0.38, 0.46), (0.5, 0.56), (0.8, 0.8)),
     # 99.9th luma percentile (the brightest lights); falls as the image darkens
-    "underexposure": (
-        (0.88, 0.0),
-        (0.78, 0.15),
-        (0.65, 0.32),
-        (0.53, 0.5),
-        (0.42, 0.66),
-        (0.32, 0.8),
-        (0.2, 0.95),
-    ),
-    # dynamic range used (p99 - p1 of luma); falls as blacks are lifted and whites dimmed
-    "low_contrast": (
-        (0.8, 0.0),
-        (0.7, 0.18),
-        (0.54, 0.36),
-        (0.4, 0.5),
-        (0.28, 0.62),
-        (0.18, 0.72),
-        (0.08, 0.88),
-    ),
-    # light colour: max/min channel ratio - 1
-    "color_cast": ((0.3, 0.0), (0.42, 0.15), (0.6, 0.28), (0.85, 0.4), (1.2, 0.52), (1.8, 0.64), (2.8, 0.8)),
+    "underexposure": ((0.9, 0.0), (0.78, 0.19), (0.65, 0.38), (0.52, 0.57), (0.42, 0.74), (0.31, 0.86), (0.15, 1.0)),
+    # dynamic range used (p99 - p1 of luma), counted only with lifted blacks; softer than the photo
+    # calibration (0.65 -> 0.29) so that naturally soft-toned content (fog, moon, stone) is not condemned
+    "low_contrast": ((0.72, 0.0), (0.6, 0.2), (0.46, 0.38), (0.34, 0.52), (0.24, 0.65), (0.15, 0.77), (0.06, 0.92)),
+    # light colour: max/min channel ratio - 1 (median of three estimates, see cues.cast_estimate);
+    # SSIM barely sees casts, viewers do: targets follow the level (0.1 per level)
+    "color_cast": ((0.13, 0.0), (0.23, 0.2), (0.33, 0.3), (0.5, 0.4), (0.78, 0.5), (1.5, 0.62), (3.0, 0.75)),
+    # mean luma: a whole image pushed bright even where nothing clips
+    "brightness": ((0.6, 0.0), (0.7, 0.2), (0.8, 0.4), (0.9, 0.6)),
     # grey-level occupancy (banding / posterization); falls as levels disappear
-    "artifact": ((0.7, 0.0), (0.4, 0.1), (0.16, 0.22), (0.09, 0.36), (0.06, 0.5), (0.035, 0.64), (0.02, 0.8)),
+    "artifact": ((0.7, 0.0), (0.157, 0.14), (0.094, 0.24), (0.056, 0.38), (0.032, 0.52), (0.021, 0.71), (0.01, 0.85)),
 }
+# fmt: on
 
 
 def severity(distortion: str, value: float) -> float:
@@ -78,8 +63,11 @@ def area_weight(area_fraction: float) -> float:
 
 
 def score_from(findings: list[tuple[float, float]]) -> float:
-    """Global score 1..5 from (severity, weight) findings: each removes its share of what is left."""
+    """Global score 1..5 from (severity, weight) findings: each removes its share of what is left.
+
+    Damage grows faster than severity (power 1.5): a few mild flaws make a good image, not a bad
+    one, while one severe flaw alone ruins it."""
     intact = 1.0
     for sev, weight in findings:
-        intact *= 1.0 - float(np.clip(sev * weight, 0.0, 1.0))
+        intact *= 1.0 - float(np.clip(sev * weight, 0.0, 1.0)) ** 1.5
     return float(np.clip(1.0 + 4.0 * intact, 1.0, 5.0))

@@ -1,0 +1,70 @@
+"""Derive the severity anchors of ``severity.CURVES`` from data: ``python -m assessor.classical.calibrate``.
+
+For each synthesizable distortion and level, the global cue the critic uses is measured on the
+shipped photos (the benchmark's photos: SSIM damage per level depends on content, and photos are
+what users bring; dead-leaves scenes lose more to blur than photos do), and paired with a target
+severity derived from the damage SSIM sees at that level (``target_severity``). Each row is one
+monotone curve of six points per type, so little can be over-fitted; the benchmark's local,
+clean and hard-negative cases play no part in it. The printed anchor tables are what ``severity.CURVES`` holds. Colour
+casts are the exception: SSIM is nearly blind to them while viewers are not, so their targets
+follow the level directly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import benchdata
+from ..degrade import SYNTHETIC_TYPES, apply_distortion
+from ..metrics import ssim
+from .critic import ClassicalAssessor
+
+CALIBRATION_PHOTOS = benchdata.PHOTOS
+
+
+def target_severity(ssim_value: float) -> float:
+    """The severity whose score (1 + 4 (1 - s^1.5)) matches the score an SSIM value deserves:
+    score = 1 + 4 * SSIM^2.2, i.e. about 4.6 at SSIM 0.95, 3.7 at 0.85, 2.8 at 0.7, 1.9 at 0.5."""
+    score = 1.0 + 4.0 * float(np.clip(ssim_value, 0.0, 1.0)) ** 2.2
+    return float((1.0 - (score - 1.0) / 4.0) ** (2.0 / 3.0))
+
+
+def calibration_images() -> dict[str, np.ndarray]:
+    images = {name: benchdata.load_photo(name) for name in CALIBRATION_PHOTOS}
+    return images
+
+
+def global_cue(critic: ClassicalAssessor, rgb: np.ndarray, kind: str) -> float:
+    look = critic._global_look(rgb)
+    e = look.exposure
+    return {
+        "blur": look.sharp_ref,
+        "noise": look.noise_floor,
+        "jpeg": look.block_global,
+        "overexposure": e.clipped_hi,
+        "underexposure": e.p999,
+        "low_contrast": e.p99 - e.p01,
+        "color_cast": look.cast,
+        "artifact": look.occupancy_global,
+    }[kind]
+
+
+def main() -> None:
+    critic = ClassicalAssessor()
+    images = calibration_images()
+    print("anchors (cue value, severity) per type; cue medians over calibration images")
+    for ti, kind in enumerate(SYNTHETIC_TYPES):
+        rows = []
+        for level in range(0, 6):
+            cue, sev = [], []
+            for ii, img in enumerate(images.values()):
+                x = img if level == 0 else apply_distortion(img, kind, level, np.random.default_rng([ii, ti]))
+                cue.append(global_cue(critic, x, kind))
+                sev.append(0.0 if level == 0 else target_severity(ssim(x, img)))
+            target = 0.1 * level if kind == "color_cast" else float(np.median(sev))
+            rows.append((float(np.median(cue)), target))
+        print(f"  {kind:<14} " + ", ".join(f"({c:.3f}, {s:.2f})" for c, s in rows))
+
+
+if __name__ == "__main__":
+    main()
