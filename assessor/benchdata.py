@@ -135,6 +135,7 @@ def night_scene(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
         )
     glow = cv2.GaussianBlur(lights, (0, 0), 6.0) * 3 + lights
     img += np.clip(glow, 0, 1)[:, :, None] * np.array([255, 240, 210], np.float32)
+    img += rng.normal(0, 1.5, img.shape).astype(np.float32)  # a low-light sensor's grain
     return np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
 

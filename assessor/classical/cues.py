@@ -149,7 +149,10 @@ def cast_estimate(rgb: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     votes = [cast_strength(light)]
     for c in (neutral, white):
         votes.append(float(np.expm1(np.hypot(*c))) if np.isfinite(c).all() else votes[0])
-    return float(np.median(votes)), light, neutral
+    # with few mid-tones (a night scene: darkness and a few lamps) the light's colour cannot be
+    # judged, and a warm lamp is not a cast
+    trust = float(np.clip(ok.mean() / 0.25, 0.0, 1.0))
+    return float(np.median(votes)) * trust, light, neutral
 
 
 @dataclass
@@ -197,10 +200,10 @@ def block_phases(y: np.ndarray, tile: int) -> tuple[np.ndarray, np.ndarray]:
     8-pixel period: arrays (rows, cols, 8). ``tile`` must be a multiple of 8."""
     h, w = y.shape
     rows, cols = h // tile, w // tile
-    dh = np.abs(np.diff(y, axis=1, append=y[:, -1:]))[
-        : rows * tile, : cols * tile
-    ]  # dh[:, j] = |y[j+1] - y[j]|
-    dv = np.abs(np.diff(y, axis=0, append=y[-1:, :]))[: rows * tile, : cols * tile]
+    # dh[:, j] = |y[j+1] - y[j]|, capped: block steps are small, and a few strong content edges
+    # must not outweigh them (a dark scene with lit windows would otherwise look blocky)
+    dh = np.minimum(np.abs(np.diff(y, axis=1, append=y[:, -1:])), 16.0)[: rows * tile, : cols * tile]
+    dv = np.minimum(np.abs(np.diff(y, axis=0, append=y[-1:, :])), 16.0)[: rows * tile, : cols * tile]
     ph = dh.reshape(rows, tile, cols, tile // 8, 8).mean(axis=(1, 3))
     pv = dv.reshape(rows, tile // 8, 8, cols, tile).mean(axis=(1, 4)).transpose(0, 2, 1)
     return ph, pv
@@ -386,6 +389,7 @@ def summarize(ts: TileStats, sel: np.ndarray) -> dict[str, float]:
         "edge_tiles": float(edges.sum()),
         "edge": pct(ts.edge, 50),
         "blur_sigma": pct(np.where(edges, ts.sigma, np.nan), 30),
+        "blur_sigma_median": pct(np.where(edges, ts.sigma, np.nan), 50),
         "noise_sigma": pct(ts.noise, 50),
         "whiteness": pct(ts.whiteness, 50),
         "chroma_noise": pct(ts.chroma_noise, 50),

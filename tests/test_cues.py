@@ -1,0 +1,111 @@
+"""Each classical cue measures what it says, in its physical unit."""
+
+import cv2
+import numpy as np
+import pytest
+
+from assessor import benchdata
+from assessor.classical import cues
+from assessor.degrade import apply_distortion
+
+
+@pytest.fixture(scope="module")
+def leaves() -> np.ndarray:
+    return benchdata.dead_leaves((256, 256), np.random.default_rng(3))
+
+
+def step_edges(n: int = 256) -> np.ndarray:
+    img = np.zeros((n, n), np.float32)
+    for x in range(16, n, 32):
+        img[:, x : x + 16] = 200.0
+    return img
+
+
+@pytest.mark.parametrize("sigma", [1.0, 2.5, 4.0])
+def test_blur_sigma_is_recovered_in_pixels(sigma):
+    y = cv2.GaussianBlur(step_edges(), (0, 0), sigma)
+    rgb = np.repeat(np.clip(y, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    ts = cues.tile_stats(rgb, 32)
+    assert np.nanmedian(ts.sigma) == pytest.approx(sigma, rel=0.2)
+
+
+def test_flat_tiles_have_no_blur_measure():
+    ts = cues.tile_stats(np.full((128, 128, 3), 90, np.uint8), 32)
+    assert np.isnan(ts.sigma).all()
+
+
+@pytest.mark.parametrize("sigma", [4.0, 14.0])
+def test_noise_sigma_whiteness_and_colour(sigma, leaves):
+    rng = np.random.default_rng(0)
+    flat = np.full((256, 256, 3), 128.0)
+    noisy = np.clip(flat + rng.normal(0, sigma, flat.shape), 0, 255).astype(np.uint8)
+    ts = cues.tile_stats(noisy, 32)
+    # per-channel sigma s gives luma sigma ~0.67 s
+    assert np.median(ts.noise) == pytest.approx(0.67 * sigma, rel=0.2)
+    assert np.median(ts.whiteness) > 1.6  # white: halves at half resolution
+    assert np.median(ts.chroma_noise) > 1.5  # as strong in colour differences as in luma
+
+
+def test_texture_is_not_white_and_grey_texture_has_no_chroma_noise():
+    grass = benchdata.load_photo("grass")
+    ts = cues.tile_stats(grass, 32)
+    assert np.median(ts.chroma_noise) < 0.1
+    clean = cues.tile_stats(benchdata.load_photo("astronaut"), 32)
+    assert np.median(clean.noise) < 2.0
+
+
+def test_blockiness_sees_jpeg_not_edges_or_upscaling(leaves):
+    y_clean = cues.luminance(leaves)
+    assert cues.blockiness(y_clean, 64)[1] < 0.1
+    y_jpeg = cues.luminance(apply_distortion(leaves, "jpeg", 5))
+    block, whole, phase = cues.blockiness(y_jpeg, 64)
+    assert whole > 0.5 and phase == (7, 7) and np.median(block) > 0.3
+    # a 2x nearest-neighbour upscale has a period of 2, not 8
+    up = cv2.resize(leaves[:128, :128], (256, 256), interpolation=cv2.INTER_NEAREST)
+    assert cues.blockiness(cues.luminance(up), 64)[1] < 0.1
+    # one long straight edge on the grid is not a block pattern
+    edge = np.zeros((256, 256), np.float32)
+    edge[:, 127:] = 200
+    assert cues.blockiness(edge, 64)[1] < 0.05
+
+
+def test_clipping_and_tones():
+    img = np.full((64, 64, 3), 100, np.uint8)
+    img[:32] = 255
+    ts = cues.tile_stats(img, 32)
+    np.testing.assert_allclose(ts.clip_hi[:, 0], [1.0, 0.0])
+    np.testing.assert_allclose(ts.mean[:, 0], [1.0, 100 / 255], atol=1e-3)
+    e = cues.exposure_stats(img)
+    assert e.clipped_hi == pytest.approx(0.5) and e.mean == pytest.approx((255 + 100) / 2 / 255, abs=1e-3)
+
+
+def test_cast_estimate_grows_with_a_cast(leaves):
+    grey = np.repeat(cues.luminance(leaves).astype(np.uint8)[..., None], 3, axis=2)
+    values = [
+        cues.cast_estimate(apply_distortion(grey, "color_cast", lv, cast="warm"))[0]
+        if lv
+        else cues.cast_estimate(grey)[0]
+        for lv in range(6)
+    ]
+    assert values[0] < 0.02
+    assert all(b > a for a, b in zip(values, values[1:]))
+
+
+def test_occupancy_drops_with_posterization(leaves):
+    smooth = np.tile(np.linspace(0, 255, 256, dtype=np.float32), (64, 1)).astype(np.uint8)
+    assert np.nanmin(cues.occupancy_tiles(smooth, 32)) > 0.9
+    banded = apply_distortion(np.dstack([smooth] * 3), "artifact", 3)[..., 1]
+    assert np.nanmax(cues.occupancy_tiles(banded, 32)) < 0.35
+    assert cues.level_occupancy(banded) < 0.1 < 0.9 < cues.level_occupancy(smooth)
+
+
+def test_summarize_inside_and_ring():
+    img = np.full((128, 128, 3), 60, np.uint8)
+    img[32:96, 32:96] = 250
+    ts = cues.tile_stats(img, 32)
+    inside = np.zeros(ts.shape, bool)
+    inside[1:3, 1:3] = True
+    i, r = cues.summarize(ts, inside), cues.summarize(ts, ~inside)
+    assert i["tiles"] == 4 and r["tiles"] == 12
+    assert i["clipped"] == pytest.approx(1.0) and r["clipped"] == pytest.approx(0.0)
+    assert i["mean"] > r["mean"]
