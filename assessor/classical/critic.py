@@ -488,8 +488,9 @@ class ClassicalAssessor(AssessorBackend):
 
         # blur: tiles whose edges are much wider than the context's sharpest
         ref = max(r["blur_sigma"] if np.isfinite(r["blur_sigma"]) else look.sharp_ref, 0.5)
-        # the halo around a bright light is soft by nature (bloom, glare), not out of focus
-        glare = cv2.dilate((ts.clip_hi > 0.002).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        # in a dark scene, the halo around a bright light is soft by nature (bloom, glare), not out of focus
+        glare = cv2.dilate((ts.clip_hi > 0.01).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        glare &= look.exposure.mean < 0.3
         with np.errstate(invalid="ignore"):
             soft = (ts.sigma >= max(ref + 1.0, 2.0 * ref, 1.5)) & ~glare
         tile_finding(

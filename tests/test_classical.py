@@ -1,0 +1,133 @@
+"""The classical critic's behaviour: it finds what was damaged, leaves content alone, and its trace
+is an honest think-with-images loop."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from assessor import benchdata, load_assessor
+from assessor.degrade import apply_distortion, degrade_region
+from assessor.schema import Diagnosis
+
+
+@pytest.fixture(scope="module")
+def critic():
+    return load_assessor("classical")
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    return benchdata.load_photo("astronaut")
+
+
+def hit(region_box, true_box) -> bool:
+    cx, cy = (region_box[0] + region_box[2]) / 2, (region_box[1] + region_box[3]) / 2
+    return true_box[0] <= cx < true_box[2] and true_box[1] <= cy < true_box[3]
+
+
+def test_clean_photo_scores_high_with_nothing_severe(critic, astronaut):
+    d = critic.assess(astronaut)
+    assert isinstance(d, Diagnosis) and d.backend == "classical" and d.image_size == (512, 512)
+    assert d.score >= 4.5
+    assert all(r.severity < 0.5 for r in d.regions)
+
+
+@pytest.mark.parametrize("kind", ["noise", "jpeg", "overexposure", "artifact"])
+def test_finds_a_local_defect_where_and_what_it_is(critic, astronaut, kind):
+    box = (260, 40, 440, 200)
+    damaged = degrade_region(astronaut, kind, 5, box, np.random.default_rng(1)).image
+    d = critic.assess(damaged)
+    worst = d.worst
+    assert worst is not None and worst.distortion == kind and hit(worst.bbox, box), d.regions
+    assert d.score < critic.assess(astronaut).score
+
+
+def test_finds_a_local_blur(critic):
+    coffee = benchdata.load_photo("coffee")
+    box = (380, 40, 560, 200)
+    d = critic.assess(degrade_region(coffee, "blur", 4, box).image)
+    blur = [r for r in d.regions if r.distortion == "blur"]
+    assert blur and hit(blur[0].bbox, box), d.regions
+
+
+@pytest.mark.parametrize("kind", ["blur", "noise", "jpeg", "underexposure", "low_contrast", "artifact"])
+def test_score_falls_as_a_global_distortion_grows(critic, astronaut, kind):
+    scores = [
+        critic.assess(apply_distortion(astronaut, kind, lv, np.random.default_rng(0))).score
+        for lv in (1, 3, 5)
+    ]
+    assert scores[0] > scores[1] > scores[2], scores
+    d = critic.assess(apply_distortion(astronaut, kind, 5, np.random.default_rng(0)))
+    assert any(r.distortion == kind and r.is_global((512, 512)) for r in d.regions), d.regions
+
+
+@pytest.mark.parametrize(
+    "kind, forbidden", [("dof", "blur"), ("sky", "low_contrast"), ("night", "underexposure")]
+)
+def test_content_is_not_a_defect(critic, kind, forbidden):
+    """A sharp subject on a soft background, a flat sky, a dark night scene: intended, not damage."""
+    for seed in range(3):
+        img = benchdata.HARD_NEGATIVES[kind]((512, 384), np.random.default_rng([0, 7, seed]))
+        d = critic.assess(img)
+        assert not [r for r in d.regions if r.distortion == forbidden and r.severity >= 0.5], d.regions
+        assert d.score >= 4.0
+
+
+def test_depth_of_field_is_named_in_the_trace(critic):
+    img = benchdata.shallow_dof((512, 384), np.random.default_rng(5))
+    d = critic.assess(img)
+    assert not [r for r in d.regions if r.distortion == "blur" and r.severity >= 0.3]
+
+
+def test_trace_is_a_look_then_zooms_then_a_verdict(critic, astronaut):
+    box = (260, 40, 440, 200)
+    d = critic.assess(degrade_region(astronaut, "noise", 5, box, np.random.default_rng(1)).image)
+    first, last = d.trace[0], d.trace[-1]
+    assert first.tool_call is None and first.view == [0, 0, 512, 512] and "suspicions" in first.data
+    zooms = [s for s in d.trace if s.tool_call is not None]
+    assert zooms and all(s.tool_call.name == "crop_zoom" for s in zooms)
+    noise_zoom = [s for s in zooms if "Confirmed noise" in s.observation]
+    assert noise_zoom
+    # the zoom looked at the region with its context, and measured both
+    step = noise_zoom[0]
+    vx0, vy0, vx1, vy1 = step.view
+    bx0, by0, bx1, by1 = step.tool_call.arguments["bbox_2d"]
+    assert vx0 <= bx0 and vy0 <= by0 and vx1 >= bx1 and vy1 >= by1
+    assert step.data["in_noise_sigma"] > 2 * step.data["ring_noise_sigma"]
+    assert last.tool_call is None and f"{d.score:.2f}" in last.observation
+    assert set(d.timings) >= {"look_s", "zoom_s", "total_s"}
+
+
+def test_deterministic(critic, astronaut):
+    img = apply_distortion(astronaut, "noise", 3, np.random.default_rng(2))
+    a, b = critic.assess(img), critic.assess(img)
+    a.timings, b.timings = {}, {}
+    assert a.to_json() == b.to_json()
+
+
+def test_small_grey_and_odd_inputs(critic):
+    rng = np.random.default_rng(0)
+    assert 1.0 <= critic.assess(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).score <= 5.0
+    assert 1.0 <= critic.assess(rng.integers(0, 256, (40, 700), dtype=np.uint8)).score <= 5.0  # grey, thin
+    assert 1.0 <= critic.assess(np.zeros((64, 64, 3), np.uint8)).score <= 5.0  # black
+    assert 1.0 <= critic.assess(np.full((64, 64, 3), 255, np.uint8)).score <= 5.0  # white
+    assert 1.0 <= critic.assess(rng.random((50, 60, 3)).astype(np.float32)).score <= 5.0  # float 0..1
+
+
+def test_unknown_option_is_refused():
+    with pytest.raises(TypeError, match="unknown classical option 'bogus'"):
+        load_assessor("classical", bogus=1)
+
+
+def test_classical_path_does_not_import_torch():
+    code = (
+        "import sys, numpy as np\n"
+        "from assessor import load_assessor\n"
+        "load_assessor('classical').assess(np.zeros((64, 64, 3), np.uint8))\n"
+        "import assessor.cli, assessor.annotate\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
