@@ -266,7 +266,7 @@ class ClassicalAssessor(AssessorBackend):
                     "edges wider than in the sharpest parts",
                 ),
                 "noise": (
-                    (noise > max(2.0 * floor, floor + 2.5)) & (st.whiteness > 1.35),
+                    (noise > max(2.0 * floor, floor + 2.5)) & ((st.whiteness > 1.35) | (look.scale < 0.9)),
                     noise,
                     t_look,
                     "fine grain well above the image's own noise floor",
@@ -517,11 +517,11 @@ class ClassicalAssessor(AssessorBackend):
         # noise: white at pixel scale, and in colour as much as in luma (or very white): not texture
         nref = r["noise_sigma"] if np.isfinite(r["noise_sigma"]) else look.noise_floor
         with np.errstate(invalid="ignore"):
-            noisy = (
-                (ts.noise >= 1.6 * nref + 1.0)
-                & (ts.whiteness >= 1.35)
-                & ((ts.chroma_noise >= 1.3) | (ts.whiteness >= 1.75))
-            )
+            if z.zoom.scale_x > 0.999:
+                grain = (ts.whiteness >= 1.35) & ((ts.chroma_noise >= 1.3) | (ts.whiteness >= 1.75))
+            else:  # resampling correlates the grain, so whiteness is gone; colour noise remains
+                grain = ts.chroma_noise >= 1.4
+            noisy = (ts.noise >= 1.6 * nref + 1.0) & grain
         tile_finding(
             "noise",
             noisy,
