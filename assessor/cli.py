@@ -11,6 +11,9 @@ from pathlib import Path
 from .backends import BACKENDS
 from .imageio import ImageError, load_image, save_image_atomic
 from .schema import Diagnosis
+from .vlm.prompts import PROMPT_STYLES
+
+PROMPT_STYLE_NAMES = tuple(PROMPT_STYLES)
 
 EXAMPLES = """\
 examples:
@@ -18,6 +21,8 @@ examples:
   python -m assessor *.png --json > diagnoses.jsonl  one JSON object per line per image
   python -m assessor photo.png --annotate out/       also write out/photo.annotated.png
   python -m assessor photo.png --backend vlm --model Qwen/Qwen2.5-VL-7B-Instruct
+  python -m assessor photo.png --backend vlm --model TianheWu/VisualQuality-R1-7B --prompt-style visualquality-r1
+  python -m assessor *.png --backend openai --base-url http://localhost:8000/v1 --json
 
 exit status: 0 when every image was assessed, 1 when any failed (the others are still
 assessed and printed), 2 for bad arguments or a backend that cannot be loaded.
@@ -54,15 +59,91 @@ def build_parser() -> argparse.ArgumentParser:
         "--base-url",
         help="OpenAI-compatible server URL for the openai backend, e.g. http://localhost:8000/v1",
     )
+    g.add_argument(
+        "--prompt-style",
+        choices=PROMPT_STYLE_NAMES,
+        help="how the model is asked: qdeepsight (zoom tool + localized JSON answer, default), qinsight "
+        '(Q-Insight\'s {"rating": x}), visualquality-r1 (a number in <answer>), plain',
+    )
+    g.add_argument("--max-turns", type=int, help="model turns per image, the answer included (default 4)")
+    g.add_argument("--max-crops", type=int, help="zooms allowed per image (default 3)")
+    g.add_argument("--max-new-tokens", type=int, help="tokens the model may write per turn (default 512)")
+    g.add_argument(
+        "--score-mode",
+        choices=("greedy", "expected"),
+        help="greedy: the score the model wrote (default); expected: the mean over the rating digits' "
+        "probabilities, a finer and steadier score",
+    )
+    g.add_argument(
+        "--samples", type=int, help="self-consistency: average N sampled looks per image (default 1, greedy)"
+    )
+    g.add_argument("--temperature", type=float, help="sampling temperature when --samples > 1 (default 0.7)")
+    g.add_argument("--seed", type=int, help="seed of the sampling (default 0: the same scores every run)")
+    g.add_argument("--min-pixels", type=int, help="smallest area (pixels) an image is shown to the model at")
+    g.add_argument(
+        "--max-pixels",
+        type=int,
+        help="largest area (pixels) an image is shown to the model at (default 1003520, about 1 MP)",
+    )
+    v = p.add_argument_group("vlm backend (transformers)")
+    v.add_argument("--device-map", help="accelerate device map for models larger than one GPU, e.g. auto")
+    v.add_argument(
+        "--attn-implementation",
+        help="attention kernel: sdpa, flash_attention_2 or eager (default: the model's)",
+    )
+    v.add_argument("--revision", help="hub revision (branch, tag or commit) of --model")
+    v.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        default=None,
+        help="allow the model's own Python code from its folder/hub repo (off by default; only for models you trust)",
+    )
+    v.add_argument(
+        "--fast",
+        action="store_true",
+        default=None,
+        help="static KV cache, compiled by torch on CUDA: ~3x faster decoding after a one-off warm-up",
+    )
+    o = p.add_argument_group("openai backend (vLLM, SGLang, any OpenAI-compatible server)")
+    o.add_argument("--api-key", help="API key for the server (default: $OPENAI_API_KEY, if set)")
+    o.add_argument("--concurrency", type=int, help="requests in flight at once (default 8)")
+    o.add_argument("--timeout", type=float, help="seconds to wait for one reply (default 120)")
+    o.add_argument("--retries", type=int, help="retries of a failed request (default 2)")
     return p
 
 
+LOOP_ARGS = (
+    "prompt_style",
+    "max_turns",
+    "max_crops",
+    "max_new_tokens",
+    "score_mode",
+    "samples",
+    "temperature",
+    "seed",
+)
+VLM_ARGS = ("device_map", "attn_implementation", "revision", "trust_remote_code", "fast")
+OPENAI_ARGS = ("api_key", "concurrency", "timeout", "retries")
+
+
 def backend_options(args: argparse.Namespace) -> dict:
+    """The keyword options of the chosen backend that were given on the command line."""
+    keys = ["model", "device", "dtype", "base_url"]
+    backend = getattr(args, "backend", "classical")
+    if backend in ("vlm", "openai"):
+        keys += [*LOOP_ARGS, "min_pixels", "max_pixels"]
+        keys += list(VLM_ARGS) if backend == "vlm" else list(OPENAI_ARGS)
     opts = {}
-    for key in ("model", "device", "dtype", "base_url"):
+    for key in keys:
         value = getattr(args, key, None)
         if value is not None:
             opts[key] = value
+    if backend == "openai":  # torch options mean nothing to a server
+        for key in ("device", "dtype"):
+            if key in opts:
+                raise ValueError(f"--{key} applies to the vlm backend, not to openai (the server decides)")
+    if backend == "vlm" and "base_url" in opts:
+        raise ValueError("--base-url applies to the openai backend; for vlm pass --model")
     return opts
 
 
