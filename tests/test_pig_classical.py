@@ -1,0 +1,131 @@
+"""Classical fixes with numbers: PSNR to the clean photo rises inside the region, pixels outside
+the plan's mask stay bit for bit, and clean content is left (almost) alone."""
+
+import numpy as np
+import pytest
+
+from assessor.benchdata import load_photo
+from assessor.degrade import apply_distortion, degrade_region
+from assessor.metrics import psnr
+from assessor.schema import Diagnosis, Region
+from pig import fixes
+from pig.plan import make_plan
+from pig.refiners import load_refiner
+
+TRUE_BOX = (150, 170, 330, 330)
+# what a tile-based critic reports: the defect's box give or take a tile
+CRITIC_BOX = [160, 160, 320, 320]
+
+
+@pytest.fixture(scope="module")
+def photo():
+    return load_photo("astronaut")
+
+
+def refine_local(image, kind, box=CRITIC_BOX, severity=0.6):
+    h, w = image.shape[:2]
+    d = Diagnosis(2.5, [Region(list(box), kind, severity, "test")], image_size=(w, h))
+    refiner = load_refiner("classical")
+    plan = make_plan(d, global_operation=refiner.global_operation, strengths=refiner.strengths)
+    return refiner.refine(image, plan), plan.mask(), refiner.last_info[0]
+
+
+def masked_psnr(a, b, sel):
+    return psnr(a[sel], b[sel])
+
+
+# (kind, level, min PSNR gain in dB inside the defect)
+LOCAL = [
+    ("noise", 4, 3.0),
+    ("jpeg", 4, 0.3),
+    ("blur", 3, 1.0),
+    ("underexposure", 4, 8.0),
+    ("overexposure", 3, 2.0),
+    ("low_contrast", 4, 4.0),
+    ("color_cast", 4, 2.0),
+    ("artifact", 4, 0.5),
+]
+
+
+@pytest.mark.parametrize("kind,level,min_gain", LOCAL, ids=[k for k, _, _ in LOCAL])
+def test_local_fix_raises_psnr_inside_and_keeps_outside_exact(photo, kind, level, min_gain):
+    rng = np.random.default_rng(1)
+    defect = degrade_region(photo, kind, level, TRUE_BOX, rng)
+    out, mask, info = refine_local(defect.image, kind)
+    inside = defect.mask > 0.5
+    before = masked_psnr(defect.image, photo, inside)
+    after = masked_psnr(out, photo, inside)
+    assert after - before >= min_gain, (kind, before, after, info)
+    assert np.array_equal(out[mask == 0], defect.image[mask == 0])  # bit for bit outside the plan's mask
+    assert psnr(out, photo) > psnr(defect.image, photo)  # and the whole image is closer to the clean one
+    assert "skipped" not in info
+
+
+@pytest.mark.parametrize(
+    "kind", ["noise", "jpeg", "blur", "artifact", "underexposure", "low_contrast", "color_cast"]
+)
+def test_a_false_alarm_on_clean_content_changes_little(photo, kind):
+    out, mask, info = refine_local(photo, kind, severity=0.5)
+    assert psnr(out, photo) >= 38.0, (kind, info)
+
+
+GLOBAL = [
+    ("noise", 3, 2.0),
+    ("underexposure", 3, 3.0),
+    ("low_contrast", 3, 2.0),
+    ("color_cast", 3, 1.0),
+    ("blur", 3, 1.0),
+    ("artifact", 4, 0.5),
+]
+
+
+@pytest.mark.parametrize("kind,level,min_gain", GLOBAL, ids=[k for k, _, _ in GLOBAL])
+def test_whole_image_fix_raises_psnr(photo, kind, level, min_gain):
+    degraded = apply_distortion(photo, kind, level, np.random.default_rng(2), cast="warm")
+    h, w = photo.shape[:2]
+    d = Diagnosis(2.0, [Region([0, 0, w, h], kind, 0.7, "whole image")], image_size=(w, h))
+    refiner = load_refiner("classical", global_min_ssim=0.0, global_min_psnr=0.0)  # the fix itself, uncapped
+    plan = make_plan(d, global_operation="global_fix", strengths=refiner.strengths)
+    assert plan.regions[0].operation == "global_fix"
+    out = refiner.refine(degraded, plan)
+    assert psnr(out, photo) - psnr(degraded, photo) >= min_gain, refiner.last_info
+
+
+@pytest.mark.parametrize("kind", ["low_contrast", "color_cast"])
+def test_whole_image_contrast_and_colour_change_gently_per_round(photo, kind):
+    from assessor.metrics import ssim
+
+    degraded = apply_distortion(photo, kind, 4, np.random.default_rng(2), cast="cool")
+    h, w = photo.shape[:2]
+    d = Diagnosis(2.0, [Region([0, 0, w, h], kind, 0.9, "whole image")], image_size=(w, h))
+    refiner = load_refiner("classical")  # default: SSIM >= 0.99 to the round's input
+    plan = make_plan(d, global_operation="global_fix", strengths=refiner.strengths)
+    out = refiner.refine(degraded, plan)
+    assert ssim(out, degraded) >= 0.985 and psnr(out, degraded) >= 34.9
+    assert psnr(out, photo) > psnr(degraded, photo)  # still a step in the right direction
+    assert 0.0 < refiner.last_info[0]["amount"] < 1.0
+
+
+def test_estimators_measure_what_was_done(photo):
+    noisy = apply_distortion(photo, "noise", 3, np.random.default_rng(0))  # sigma 14 per channel
+    assert abs(fixes.noise_sigma(noisy) - 14) < 3 and fixes.noise_sigma(photo) < 3
+    blurred = apply_distortion(photo, "blur", 4)  # sigma 4
+    assert abs(fixes.edge_sigma(fixes.luminance(blurred)) - 4) < 1.0
+    q, dip = fixes.estimate_jpeg_quality(apply_distortion(photo, "jpeg", 3))  # quality 18
+    assert q == 18 and dip > 0.3
+    step, levels = fixes.posterize_step(apply_distortion(photo, "artifact", 5))  # 5 levels
+    assert abs(step - 63.75) < 1e-6 and len(levels) == 5
+    assert fixes.posterize_step(photo)[1] is None
+
+
+def test_fixes_leave_a_clean_image_alone_when_they_measure_nothing(photo):
+    for fix in (fixes.fix_noise, fixes.fix_jpeg, fixes.fix_banding):
+        result = fix(photo)
+        assert np.array_equal(result.image, photo) and "skipped" in result.info
+    result = fixes.fix_tones_global(photo, "underexposure")
+    assert "skipped" in result.info
+
+
+def test_other_distortions_are_skipped_and_nothing_changes(photo):
+    out, mask, info = refine_local(photo, "other")
+    assert np.array_equal(out, photo) and "no classical fix" in info["skipped"]
