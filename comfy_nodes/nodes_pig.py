@@ -291,6 +291,32 @@ REFINE_OUTPUT_TOOLTIPS = (
 )
 
 
+def crop_size_inputs() -> dict[str, tuple]:
+    """Detailer crop sizes shared by the diffusion refine nodes."""
+    return {
+        "guide_size": (
+            "INT",
+            {
+                "default": 768,
+                "min": 64,
+                "max": 4096,
+                "step": 8,
+                "tooltip": "A region's crop is enlarged until its short side reaches this many pixels (detailer guide size).",
+            },
+        ),
+        "max_size": (
+            "INT",
+            {
+                "default": 1024,
+                "min": 64,
+                "max": 4096,
+                "step": 8,
+                "tooltip": "The enlarged crop's long side stays within this many pixels.",
+            },
+        ),
+    }
+
+
 def loop_inputs() -> dict[str, tuple]:
     """The loop's own settings, shared by every refine node (ordered as they appear in the UI)."""
     return {
@@ -451,26 +477,7 @@ class PiGRefine:
                         "tooltip": "On: each region's denoise follows its severity, capped by denoise. Off: every region gets denoise.",
                     },
                 ),
-                "guide_size": (
-                    "INT",
-                    {
-                        "default": 768,
-                        "min": 64,
-                        "max": 4096,
-                        "step": 8,
-                        "tooltip": "A region's crop is enlarged until its short side reaches this many pixels (detailer guide size).",
-                    },
-                ),
-                "max_size": (
-                    "INT",
-                    {
-                        "default": 1024,
-                        "min": 64,
-                        "max": 4096,
-                        "step": 8,
-                        "tooltip": "The enlarged crop's long side stays within this many pixels.",
-                    },
-                ),
+                **crop_size_inputs(),
                 **loop_inputs(),
             },
             "optional": mask_inputs(),
@@ -686,26 +693,7 @@ class PiGRefineDiffusersSDXL:
                     "FLOAT",
                     {"default": 5.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": "Guidance scale."},
                 ),
-                "guide_size": (
-                    "INT",
-                    {
-                        "default": 768,
-                        "min": 64,
-                        "max": 4096,
-                        "step": 8,
-                        "tooltip": "A region's crop is enlarged until its short side reaches this many pixels.",
-                    },
-                ),
-                "max_size": (
-                    "INT",
-                    {
-                        "default": 1024,
-                        "min": 64,
-                        "max": 4096,
-                        "step": 8,
-                        "tooltip": "The enlarged crop's long side stays within this many pixels.",
-                    },
-                ),
+                **crop_size_inputs(),
                 **loop_inputs(),
             },
             "optional": mask_inputs(),
