@@ -143,6 +143,10 @@ def time_one_core(assessor: AssessorBackend, repeats: int = 5) -> float:
 
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
+    torch = sys.modules.get("torch")  # a torch backend (learned, vlm) is held to one thread too
+    torch_threads = torch.get_num_threads() if torch is not None else None
+    if torch is not None:
+        torch.set_num_threads(1)
     affinity = None
     if hasattr(os, "sched_getaffinity"):
         affinity = os.sched_getaffinity(0)
@@ -160,6 +164,8 @@ def time_one_core(assessor: AssessorBackend, repeats: int = 5) -> float:
         return (time.perf_counter() - t0) / (repeats * len(imgs))
     finally:
         cv2.setNumThreads(threads)
+        if torch is not None:
+            torch.set_num_threads(torch_threads)
         if affinity is not None:
             os.sched_setaffinity(0, affinity)
 

@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from tqdm import tqdm
 
-        bar = tqdm(desc="PiG benchmark", unit="image", file=sys.stderr)
+        bar = tqdm(desc="PiG benchmark", unit="image", file=sys.stderr, disable=not sys.stderr.isatty())
     except ImportError:  # pragma: no cover
         pass
 
