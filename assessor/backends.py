@@ -12,7 +12,7 @@ import numpy as np
 
 from .schema import Diagnosis
 
-BACKENDS: tuple[str, ...] = ("classical", "vlm", "openai")
+BACKENDS: tuple[str, ...] = ("classical", "learned", "vlm", "openai", "brisque")
 
 
 class AssessorBackend:
@@ -37,6 +37,16 @@ def load_assessor(backend: str = "classical", **options: Any) -> AssessorBackend
         from .classical import ClassicalAssessor
 
         return ClassicalAssessor(**options)
+    if backend == "learned":
+        try:
+            from .learned.critic import LearnedAssessor
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise RuntimeError(f"the learned backend needs torch and safetensors: {exc}") from exc
+        return LearnedAssessor(**options)
+    if backend == "brisque":  # a baseline for the benchmark, fitted with the learned critic's data
+        from .learned.baselines import BrisqueAssessor
+
+        return BrisqueAssessor(**options)
     if backend == "vlm":
         try:
             from .vlm import VLMAssessor

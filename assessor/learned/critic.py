@@ -1,0 +1,516 @@
+"""The learned critic: the think-with-images loop with a small trained network as its eyes.
+
+(a) A global look: the network sees the whole image at reduced size and returns, per distortion
+type, where it is (per-pixel probability), how bad (severity) and the damage to the whole image.
+(b) Connected areas of the probability maps become candidate regions; when the look was reduced, a
+native-resolution peek at the most detailed area checks what a reduced look cannot see (noise,
+JPEG blocks, slight blur). (c) ``crop_zoom`` re-examines each candidate at native resolution *with
+its surroundings*: the network looks again and confirms, retypes, grades and re-localizes it;
+classical cues vote where they are reliable (noise level, 8x8 blockiness, clipping). (d) The score
+follows from the network's whole-image damage, raised where a zoom found worse.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..backends import AssessorBackend
+from ..imageio import as_rgb8, check_image_size
+from ..schema import Diagnosis, Region, ToolCall, TraceStep
+from ..zoom import Zoom, crop_zoom
+from .data import area_weight, score_from_damage
+from .model import MAP_STRIDE, Prediction, WeightsError, fuse_batchnorm, load_weights, predict
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "critic.safetensors"
+FINE_TYPES = ("blur", "noise", "jpeg", "artifact")  # need native pixels to be seen
+VETO = 0.35  # severity factor when a reliable classical cue finds nothing of the kind
+
+
+@dataclass
+class LearnedConfig:
+    look_size: int = 640  # long side of the global look
+    threshold: float = 0.5  # a map cell shows a type when its probability exceeds this
+    min_area: float = 0.015  # connected areas smaller than this share of the image are not candidates
+    max_zooms: int = 4  # at most this many candidates are re-examined
+    zoom_size: int = 512  # native pixels up to this side with context; larger zooms are reduced
+    context: float = 0.5  # context kept around a candidate (fraction of its size per side)
+    min_severity: float = 0.15  # findings milder than this are not reported
+    global_cover: float = 0.75  # a type shown over this share of the image is a whole-image defect
+    confirm: float = 0.35  # share of a candidate's cells that must still show the type in the zoom
+    cues: bool = True  # let classical cues vote: noise, JPEG, clipping in zooms; exposure and colour overall
+    cue_weight: float = 0.8  # weight of the classical whole-image exposure / contrast / colour grades
+
+
+@dataclass
+class Finding:
+    distortion: str
+    severity: float
+    box: tuple[int, int, int, int]
+    reason: str
+    confirmed: bool = True
+
+
+def _iou(a, b) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class LearnedAssessor(AssessorBackend):
+    """Embedded critic with learned eyes: small CNN, CPU in a fraction of a second, GPU when present."""
+
+    name = "learned"
+
+    def __init__(
+        self,
+        weights: str | os.PathLike | None = None,
+        *,
+        model: str | os.PathLike | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        config: LearnedConfig | None = None,
+        **overrides,
+    ):
+        import torch
+
+        if dtype not in (None, "float32", "fp32"):
+            raise ValueError(f"the learned critic runs in float32 (got --dtype {dtype}); leave --dtype out")
+        path = Path(weights or model or os.environ.get("QDEEPSIGHT_LEARNED_WEIGHTS") or DEFAULT_WEIGHTS)
+        self.device = torch.device(device or _default_device())
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
+        config = config or LearnedConfig()
+        for key, value in overrides.items():
+            if not hasattr(config, key):
+                raise TypeError(f"unknown learned-critic option {key!r}")
+            setattr(config, key, value)
+        self.config = config
+        try:
+            net = load_weights(path, self.device)
+        except WeightsError as exc:
+            raise RuntimeError(str(exc)) from None
+        self.net = fuse_batchnorm(net).eval()
+        self.weights = path
+        self.types = tuple(self.net.config.types)
+
+    def _see(self, rgb: np.ndarray) -> Prediction:
+        return predict(self.net, rgb, self.device)
+
+    # ------------------------------------------------------------------ helpers
+    def _components(self, mask: np.ndarray):
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+        for i in range(1, n):
+            x, y, w, h, area = stats[i]
+            yield (int(x), int(y), int(x + w), int(y + h)), labels == i, int(area)
+
+    @staticmethod
+    def _cells_to_box(cells, scale: float, size: tuple[int, int]) -> tuple[int, int, int, int]:
+        w, h = size
+        x0, y0, x1, y1 = cells
+        f = MAP_STRIDE / scale
+        return (
+            int(max(0, np.floor(x0 * f))),
+            int(max(0, np.floor(y0 * f))),
+            int(min(w, np.ceil(x1 * f))),
+            int(min(h, np.ceil(y1 * f))),
+        )
+
+    def _zoom(self, rgb: np.ndarray, box, context: float) -> Zoom:
+        """Native pixels with context; reduced only when the crop would exceed ``zoom_size``."""
+        return crop_zoom(
+            rgb,
+            box,
+            normalized=False,
+            context=context,
+            min_side=64,
+            target_size=self.config.zoom_size,
+            max_upscale=1.0,
+        )
+
+    def _cue_vote(self, zoom: Zoom, kind: str, inside) -> tuple[float, str]:
+        """Classical cues where they are reliable, on native pixels: a factor on the severity (above
+        1: the cue agrees, below: it finds nothing of the kind) and what was measured."""
+        if not self.config.cues or zoom.scale_x < 0.999 or kind not in ("noise", "jpeg", "overexposure"):
+            return 1.0, ""
+        from ..classical import cues
+
+        x0, y0, x1, y1 = (int(v) for v in inside)
+        region = np.ascontiguousarray(zoom.image[y0:y1, x0:x1])
+        if min(region.shape[:2]) < 32:
+            return 1.0, ""
+        if kind == "overexposure":
+            clipped = float((cues.channel_max(region) >= 250).mean())
+            bright = float(cues.luminance(region).mean() / 255.0)
+            if clipped >= 0.05 or bright >= 0.75:
+                return (
+                    1.1,
+                    f"{100 * clipped:.0f}% of its pixels blown out, mean brightness {100 * bright:.0f}%",
+                )
+            return VETO, f"only {100 * clipped:.0f}% of its pixels blown out"
+        if kind == "jpeg":
+            y = cues.luminance(region)
+            tile = max(8, min(64, (min(region.shape[:2]) // 8) * 8))
+            # the grid of a region compressed with the whole image sits at the image origin
+            phase = ((7 - zoom.box[0] - x0) % 8, (7 - zoom.box[1] - y0) % 8)
+            _, whole, _ = cues.blockiness(y, tile, phase=phase, origin_phase=None)
+            if whole >= 0.25:
+                return 1.1, f"8x8 block borders {whole:.2f}x stronger than block interiors"
+            if whole < 0.08:
+                return VETO, f"hardly any 8x8 block borders ({whole:.2f})"
+            return 1.0, f"8x8 block borders {whole:.2f}x stronger than interiors"
+        # noise: white at pixel scale and in colour as much as in luma (or very white): not texture
+        tile = 16 if min(region.shape[:2]) < 96 else 32
+        ts = cues.tile_stats(region, tile, native=False)
+        with np.errstate(invalid="ignore"):
+            grain = (ts.whiteness >= 1.35) & ((ts.chroma_noise >= 1.3) | (ts.whiteness >= 1.75))
+        share = float(np.mean(grain)) if grain.size else 0.0
+        sigma = float(np.nanmedian(ts.noise)) if np.isfinite(ts.noise).any() else float("nan")
+        if share >= 0.5:
+            return 1.1, f"grain of sigma {sigma:.1f} (of 255), white and coloured like sensor noise"
+        return VETO, f"its fine detail is texture rather than grain ({100 * share:.0f}% of tiles grainy)"
+
+    @staticmethod
+    def _global_cues(rgb: np.ndarray) -> dict[str, float]:
+        """The classical critic's whole-image measurements, graded on its severity curves: edge width
+        of the sharpest fifth, noise floor, 8x8 blockiness, exposure percentiles and clipping, the
+        light's colour, grey-level use (see ``assessor.classical``)."""
+        from ..classical import cues
+        from ..classical.severity import severity
+
+        h, w = rgb.shape[:2]
+        scale = min(1.0, 512.0 / max(h, w))
+        look = (
+            rgb
+            if scale >= 1.0
+            else cv2.resize(
+                rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
+            )
+        )
+
+        def tile_for(hh: int, ww: int, preferred: int) -> int:
+            t = min(preferred, max(8, min(hh, ww) // 4))
+            return max(8, t - t % 8)
+
+        _, block_global, phase = cues.blockiness(
+            cues.luminance(rgb), tile_for(h, w, 64 if scale < 1.0 else 32)
+        )
+        stats = cues.tile_stats(look, tile_for(*look.shape[:2], 32), native=scale >= 1.0, phase=phase)
+
+        def pct(a: np.ndarray, q: float, default: float) -> float:
+            v = np.asarray(a, np.float64).ravel()
+            v = v[np.isfinite(v)]
+            return float(np.percentile(v, q)) if v.size else default
+
+        e = cues.exposure_stats(look)
+        cast, _, _ = cues.cast_estimate(look)
+        sharp_ref = max(pct(stats.sigma, 20, 0.5) / scale, 0.5)
+        noise_floor = pct(stats.noise, 25, 0.0) / scale
+        return {
+            "blur": severity("blur", sharp_ref),
+            "noise": severity("noise", noise_floor) if pct(stats.whiteness, 50, 0.0) > 1.25 else 0.0,
+            "jpeg": severity("jpeg", block_global),
+            "overexposure": max(severity("overexposure", e.clipped_hi), severity("brightness", e.mean)),
+            "underexposure": severity("underexposure", e.p999) * float(np.clip((0.42 - e.mean) / 0.12, 0, 1)),
+            "low_contrast": severity("low_contrast", e.p99 - e.p01)
+            * float(np.clip((e.p01 - 0.03) / 0.08, 0, 1)),
+            "color_cast": severity("color_cast", cast),
+            "artifact": severity("artifact", cues.level_occupancy(rgb[..., 1])),
+        }
+
+    # ------------------------------------------------------------------ (b') native peek
+    def _peek(
+        self, rgb: np.ndarray, look_img: np.ndarray, scale: float
+    ) -> tuple[Prediction, Zoom, TraceStep]:
+        """A reduced look hides fine defects: look at native pixels where the image has most detail."""
+        h, w = rgb.shape[:2]
+        side = min(self.config.zoom_size, h, w)
+        grey = cv2.cvtColor(look_img, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        energy = np.abs(cv2.Laplacian(grey, cv2.CV_32F))
+        k = max(3, int(side * scale) | 1)
+        energy = cv2.blur(energy, (k, k))
+        cy, cx = np.unravel_index(int(np.argmax(energy)), energy.shape)
+        cx, cy = cx / scale, cy / scale
+        x0 = int(np.clip(cx - side / 2, 0, w - side))
+        y0 = int(np.clip(cy - side / 2, 0, h - side))
+        box = (x0, y0, x0 + side, y0 + side)
+        zoom = crop_zoom(rgb, box, normalized=False, context=0.0, min_side=64, target_size=None)
+        pred = self._see(zoom.image)
+        step = TraceStep(
+            thought="The first look was reduced, which hides noise, JPEG blocks and slight blur. "
+            "Look at native pixels where the image has the most detail.",
+            tool_call=ToolCall("crop_zoom", {"bbox_2d": list(box), "context": 0.0, "target_size": None}),
+            observation="native damage: "
+            + ", ".join(f"{t} {pred.damage[i]:.2f}" for i, t in enumerate(self.types) if t in FINE_TYPES),
+            view=list(zoom.box),
+            data={"damage": {t: round(float(pred.damage[i]), 4) for i, t in enumerate(self.types)}},
+        )
+        return pred, zoom, step
+
+    # ------------------------------------------------------------------ (c) zoom on a candidate
+    def _examine(self, rgb: np.ndarray, box, kind: str) -> tuple[Finding, Zoom, dict]:
+        cfg = self.config
+        zoom = self._zoom(rgb, box, cfg.context)
+        pred = self._see(zoom.image)
+        zh, zw = zoom.image.shape[:2]
+        rx0, ry0, rx1, ry1 = zoom.requested_in_zoom()
+        mh, mw = pred.presence.shape[1:]
+        c0, r0 = rx0 // MAP_STRIDE, ry0 // MAP_STRIDE
+        c1, r1 = max(c0 + 1, -(-rx1 // MAP_STRIDE)), max(r0 + 1, -(-ry1 // MAP_STRIDE))
+        inside = np.zeros((mh, mw), bool)
+        inside[r0:r1, c0:c1] = True
+        ring = ~inside
+        p_in = pred.presence[:, inside].mean(axis=1)
+        shown = pred.presence[:, inside] > cfg.threshold
+        share = shown.mean(axis=1)
+        sev_in = np.array(
+            [
+                float(
+                    (pred.severity[t, inside] * pred.presence[t, inside]).sum()
+                    / max(pred.presence[t, inside].sum(), 1e-6)
+                )
+                for t in range(len(self.types))
+            ]
+        )
+        p_ring = pred.presence[:, ring].mean(axis=1) if ring.any() else np.zeros(len(self.types))
+        best = int(np.argmax(share * np.maximum(sev_in, 0.05)))
+        k = self.types.index(kind)
+        chosen = (
+            k
+            if share[k] >= cfg.confirm and share[k] * sev_in[k] >= 0.8 * share[best] * sev_in[best]
+            else best
+        )
+        kind2 = self.types[chosen]
+        numbers = {
+            "in_share": {t: round(float(share[i]), 3) for i, t in enumerate(self.types) if share[i] > 0.05},
+            "in_severity": {
+                t: round(float(sev_in[i]), 3) for i, t in enumerate(self.types) if share[i] > 0.05
+            },
+            "ring_presence": {
+                t: round(float(p_ring[i]), 3) for i, t in enumerate(self.types) if p_ring[i] > 0.05
+            },
+            "zoom_damage": {
+                t: round(float(pred.damage[i]), 3) for i, t in enumerate(self.types) if pred.damage[i] > 0.05
+            },
+        }
+        if share[chosen] < cfg.confirm:
+            return Finding(kind, 0.0, tuple(box), "", confirmed=False), zoom, numbers
+        # re-localize: the zoom's connected area of this type that overlaps the region most
+        mask = pred.presence[chosen] > cfg.threshold
+        best_box, best_overlap = None, 0
+        for cells, comp, _ in self._components(mask):
+            overlap = int((comp & inside).sum())
+            if overlap > best_overlap:
+                best_box, best_overlap, best_comp = cells, overlap, comp
+        if best_box is None:
+            return Finding(kind, 0.0, tuple(box), "", confirmed=False), zoom, numbers
+        x0, y0, x1, y1 = (v * MAP_STRIDE for v in best_box)
+        sx0, sy0, sx1, sy1 = zoom.to_source((x0, y0, min(zw, x1), min(zh, y1)))
+        h, w = rgb.shape[:2]
+        new_box = (
+            int(max(0, np.floor(sx0))),
+            int(max(0, np.floor(sy0))),
+            int(min(w, np.ceil(sx1))),
+            int(min(h, np.ceil(sy1))),
+        )
+        sev_map = pred.severity[chosen][best_comp]
+        p_map = pred.presence[chosen][best_comp]
+        sev = float((sev_map * p_map).sum() / max(p_map.sum(), 1e-6))
+        factor, measured = self._cue_vote(zoom, kind2, (x0, y0, min(zw, x1), min(zh, y1)))
+        sev = float(np.clip(sev * factor, 0.0, 1.0))
+        retyped = "" if kind2 == kind else f" (looked like {kind} at first)"
+        reason = f"{kind2} over {100 * float(p_in[chosen]):.0f}% of the region{retyped}"
+        if p_ring[chosen] < 0.5 * max(float(p_in[chosen]), 1e-3):
+            reason += ", clearly worse than its surroundings"
+        if measured:
+            reason += f"; {measured}"
+        numbers["cue_factor"] = round(factor, 3)
+        return Finding(kind2, sev, new_box, reason), zoom, numbers
+
+    # ------------------------------------------------------------------ the loop
+    def assess(self, image: np.ndarray) -> Diagnosis:
+        t0 = time.perf_counter()
+        cfg = self.config
+        rgb = as_rgb8(image)
+        check_image_size(rgb)
+        h, w = rgb.shape[:2]
+        full = (0, 0, w, h)
+        scale = min(1.0, cfg.look_size / float(max(h, w)))
+        if scale < 1.0:
+            size = (max(16, round(w * scale)), max(16, round(h * scale)))
+            look_img = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+            scale = size[0] / float(w)
+        else:
+            look_img = rgb
+        look = self._see(look_img)
+        t_look = time.perf_counter()
+        net = look.damage.astype(np.float64).copy()
+        cover = (look.presence > cfg.threshold).mean(axis=(1, 2))
+        lh, lw = look_img.shape[:2]
+        trace = [
+            TraceStep(
+                thought=f"First a look at the whole image ({w}x{h}, seen at {lw}x{lh}): which defects, where, how bad.",
+                observation="the network sees whole-image damage: "
+                + (
+                    ", ".join(f"{t} {net[i]:.2f}" for i, t in enumerate(self.types) if net[i] >= 0.05)
+                    or "none"
+                )
+                + "; shown over: "
+                + (
+                    ", ".join(
+                        f"{t} {100 * cover[i]:.0f}%" for i, t in enumerate(self.types) if cover[i] >= 0.02
+                    )
+                    or "nothing"
+                )
+                + ".",
+                view=list(full),
+                data={
+                    "network_damage": {t: round(float(net[i]), 4) for i, t in enumerate(self.types)},
+                    "cover": {t: round(float(cover[i]), 4) for i, t in enumerate(self.types)},
+                },
+            )
+        ]
+        if scale < 0.9:
+            peek, _, step = self._peek(rgb, look_img, scale)
+            trace.append(step)
+            for i, t in enumerate(self.types):
+                if t in FINE_TYPES and peek.damage[i] > net[i]:
+                    # the peek sees a crop: its damage holds for the image as far as the look agrees
+                    net[i] = max(net[i], peek.damage[i] * (0.5 + 0.5 * max(cover[i], 0.5)))
+                    cover[i] = max(cover[i], float((peek.presence[i] > cfg.threshold).mean()))
+
+        # whole-image grade: fine defects count where the network sees them *and* the classical
+        # measurement agrees; exposure, contrast and colour follow the image's histogram measures
+        cue = self._global_cues(rgb) if cfg.cues else {}
+        damage = net.copy()
+        for i, t in enumerate(self.types):
+            if t not in cue:
+                continue
+            if t in FINE_TYPES:
+                damage[i] = float(np.sqrt(net[i] * cue[t]))
+            else:
+                damage[i] = cfg.cue_weight * cue[t] + (1.0 - cfg.cue_weight) * net[i]
+        if cue:
+            trace.append(
+                TraceStep(
+                    thought="Measure what the classical cues measure reliably over the whole image, and weigh both.",
+                    observation="whole-image grade: "
+                    + (
+                        ", ".join(
+                            f"{t} {damage[i]:.2f}" for i, t in enumerate(self.types) if damage[i] >= 0.05
+                        )
+                        or "none"
+                    )
+                    + ".",
+                    view=list(full),
+                    data={
+                        "cue_damage": {t: round(float(v), 4) for t, v in cue.items()},
+                        "damage": {t: round(float(damage[i]), 4) for i, t in enumerate(self.types)},
+                    },
+                )
+            )
+
+        findings: list[Finding] = []
+        for i, t in enumerate(self.types):
+            if damage[i] >= cfg.min_severity and (
+                cover[i] >= cfg.global_cover or cue.get(t, 0.0) >= cfg.min_severity
+            ):
+                findings.append(
+                    Finding(t, float(damage[i]), full, f"whole image: {t} over {100 * cover[i]:.0f}% of it")
+                )
+        global_kinds = {f.distortion for f in findings}
+
+        # (b) candidates: connected areas of each type's map
+        candidates = []
+        for i, t in enumerate(self.types):
+            if t in global_kinds:
+                continue
+            for cells, comp, area in self._components(look.presence[i] > cfg.threshold):
+                if area < max(4, cfg.min_area * look.presence[i].size):
+                    continue
+                sev = float(
+                    (look.severity[i][comp] * look.presence[i][comp]).sum()
+                    / max(look.presence[i][comp].sum(), 1e-6)
+                )
+                frac = area / float(look.presence[i].size)
+                box = self._cells_to_box(cells, scale, (w, h))
+                candidates.append((sev * np.sqrt(frac), t, box, sev, frac))
+        candidates.sort(key=lambda c: -c[0])
+        chosen = []
+        for cand in candidates:
+            if all(_iou(cand[2], c[2]) < 0.5 for c in chosen):
+                chosen.append(cand)
+            if len(chosen) >= cfg.max_zooms:
+                break
+
+        # (c) zoom on each
+        for _, t, box, sev, frac in chosen:
+            f, zoom, numbers = self._examine(rgb, box, t)
+            ok = f.confirmed and f.severity >= cfg.min_severity
+            trace.append(
+                TraceStep(
+                    thought=f"Region {list(box)} looks like {t} (severity {sev:.2f}, {100 * frac:.0f}% of the image). "
+                    "Zoom in with its surroundings to check.",
+                    tool_call=ToolCall(
+                        "crop_zoom",
+                        {"bbox_2d": list(box), "context": cfg.context, "target_size": cfg.zoom_size},
+                    ),
+                    observation=(
+                        f"Confirmed {f.distortion} (severity {f.severity:.2f}) in {list(f.box)}: {f.reason}."
+                        if ok
+                        else "Rejected: seen up close with its surroundings, it does not hold."
+                    ),
+                    view=list(zoom.box),
+                    data=numbers,
+                )
+            )
+            if not ok or f.distortion in global_kinds:
+                continue
+            if any(g.distortion == f.distortion and _iou(g.box, f.box) >= 0.5 for g in findings):
+                continue
+            findings.append(f)
+            k = self.types.index(f.distortion)
+            a = (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]) / float(w * h)
+            damage[k] = max(damage[k], f.severity * area_weight(a))
+
+        score = score_from_damage(damage)
+        regions = [
+            Region(list(f.box), f.distortion, round(float(np.clip(f.severity, 0, 1)), 3), f.reason)
+            for f in findings
+            if f.severity >= cfg.min_severity
+        ]
+        regions.sort(key=lambda r: -r.severity)
+        worst = ", ".join(f"{r.distortion} {r.severity:.2f}" for r in regions[:3]) or "nothing significant"
+        trace.append(
+            TraceStep(
+                thought="Verdict from the whole-image damage and what the zooms confirmed.",
+                observation=f"score {score:.2f}; {worst}.",
+                view=list(full),
+            )
+        )
+        t_end = time.perf_counter()
+        return Diagnosis(
+            score=round(score, 4),
+            regions=regions,
+            trace=trace,
+            backend=self.name,
+            image_size=(w, h),
+            timings={
+                "look_s": round(t_look - t0, 4),
+                "zoom_s": round(t_end - t_look, 4),
+                "total_s": round(t_end - t0, 4),
+            },
+        )

@@ -1,0 +1,162 @@
+"""The learned critic as a backend: an honest look-then-zoom loop, robust inputs, the CLI contract."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from assessor import benchdata, load_assessor
+from assessor.backends import BACKENDS
+from assessor.degrade import apply_distortion, degrade_region
+from assessor.schema import Diagnosis
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def critic():
+    return load_assessor("learned", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    return benchdata.load_photo("astronaut")
+
+
+def centre_inside(region_box, true_box) -> bool:
+    cx, cy = (region_box[0] + region_box[2]) / 2, (region_box[1] + region_box[3]) / 2
+    return true_box[0] <= cx < true_box[2] and true_box[1] <= cy < true_box[3]
+
+
+def test_registered_as_a_backend():
+    assert "learned" in BACKENDS and "brisque" in BACKENDS
+
+
+def test_clean_photo_scores_high_with_nothing_severe(critic, astronaut):
+    d = critic.assess(astronaut)
+    assert isinstance(d, Diagnosis) and d.backend == "learned" and d.image_size == (512, 512)
+    assert d.score >= 4.3
+    assert all(r.severity < 0.5 for r in d.regions), d.regions
+
+
+@pytest.mark.parametrize("kind", ["noise", "jpeg", "blur", "artifact"])  # what it finds best (README)
+def test_finds_a_local_defect_where_and_what_it_is(critic, astronaut, kind):
+    box = (260, 40, 460, 220)
+    damaged = degrade_region(astronaut, kind, 5, box, np.random.default_rng(1)).image
+    d = critic.assess(damaged)
+    worst = d.worst
+    assert worst is not None and worst.distortion == kind and centre_inside(worst.bbox, box), d.regions
+    assert d.score < critic.assess(astronaut).score
+    # the trace shows the global look, then a zoom on the region with context, at native pixels
+    assert d.trace[0].view == [0, 0, 512, 512] and d.trace[0].tool_call is None
+    zooms = [s for s in d.trace if s.tool_call is not None and s.tool_call.name == "crop_zoom"]
+    assert zooms and any(s.tool_call.arguments["context"] > 0 for s in zooms)
+    assert any(centre_inside(s.tool_call.arguments["bbox_2d"], box) for s in zooms)
+
+
+@pytest.mark.parametrize("kind", ["blur", "noise", "jpeg", "low_contrast"])
+def test_score_falls_as_a_global_distortion_grows(critic, astronaut, kind):
+    scores = [
+        critic.assess(apply_distortion(astronaut, kind, lv, np.random.default_rng(0))).score
+        for lv in (1, 3, 5)
+    ]
+    assert scores[0] > scores[1] > scores[2], scores
+
+
+def test_hard_negatives_are_not_condemned(critic):
+    for kind, make in benchdata.HARD_NEGATIVES.items():
+        img = make((512, 384), np.random.default_rng([0, 99]))
+        d = critic.assess(img)
+        assert all(r.severity < 0.5 for r in d.regions), (kind, d.regions)
+
+
+def test_large_image_is_looked_at_reduced_then_peeked_at_native(critic, astronaut):
+    big = np.ascontiguousarray(np.tile(astronaut, (2, 2, 1)))  # 1024 x 1024
+    noisy = apply_distortion(big, "noise", 2, np.random.default_rng(0))
+    d = critic.assess(noisy)
+    assert "seen at 640x640" in d.trace[0].thought
+    peek = d.trace[1]
+    assert peek.tool_call.arguments["target_size"] is None  # native pixels
+    assert d.score < critic.assess(big).score
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.full((16, 16, 3), 128, np.uint8),
+        np.random.default_rng(0).integers(0, 256, (37, 53), dtype=np.uint8),  # grey, odd size
+        np.random.default_rng(1).random((40, 70, 3)).astype(np.float32),  # float 0..1
+        np.random.default_rng(2).integers(0, 65536, (48, 48, 4), dtype=np.uint16),  # 16-bit with alpha
+    ],
+    ids=["tiny", "grey-odd", "float", "uint16-rgba"],
+)
+def test_any_input_array(critic, image):
+    d = critic.assess(image)
+    assert d.image_size == (image.shape[1], image.shape[0])
+    assert 1.0 <= d.score <= 5.0
+    for r in d.regions:
+        assert 0 <= r.bbox[0] < r.bbox[2] <= image.shape[1] and 0 <= r.bbox[1] < r.bbox[3] <= image.shape[0]
+
+
+def test_same_image_same_diagnosis(critic, astronaut):
+    img = degrade_region(astronaut, "blur", 4, (100, 100, 300, 300)).image
+    assert critic.assess(img).to_dict()["regions"] == critic.assess(img).to_dict()["regions"]
+
+
+def test_bad_options_fail_clearly(tmp_path):
+    with pytest.raises(RuntimeError, match="not found.*train_embedded"):
+        load_assessor("learned", model=str(tmp_path / "none.safetensors"))
+    with pytest.raises(ValueError, match="float32"):
+        load_assessor("learned", dtype="float16")
+    with pytest.raises(TypeError, match="unknown learned-critic option"):
+        load_assessor("learned", look_sise=512)
+
+
+def test_brisque_baseline_gives_a_global_score(astronaut):
+    b = load_assessor("brisque")
+    clean, bad = b.assess(astronaut), b.assess(apply_distortion(astronaut, "noise", 5))
+    assert 1.0 <= bad.score < clean.score <= 5.0 and clean.regions == []
+
+
+def test_cli_contract_with_the_learned_backend(tmp_path, astronaut):
+    noisy = degrade_region(astronaut, "noise", 5, (260, 40, 460, 220), np.random.default_rng(1)).image
+    paths = [tmp_path / "noisy.png", tmp_path / "clean.png", tmp_path / "notes.png"]
+    Image.fromarray(noisy).save(paths[0])
+    Image.fromarray(astronaut).save(paths[1])
+    paths[2].write_text("not an image")
+    res = subprocess.run(
+        [sys.executable, "-m", "assessor", *map(str, paths), "--backend", "learned", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert res.returncode == 1, res.stderr  # one bad input, the others still assessed
+    lines = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [line["image"] for line in lines] == list(map(str, paths))
+    first, second, third = lines
+    assert {"score", "regions", "trace"} <= set(first) and first["backend"] == "learned"
+    assert first["regions"][0]["distortion"] == "noise" and first["score"] < second["score"]
+    assert "error" in third and "not an image" in res.stderr
+    Diagnosis.from_dict({k: v for k, v in first.items() if k != "image"})
+    missing = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "assessor",
+            str(paths[1]),
+            "--backend",
+            "learned",
+            "--model",
+            str(tmp_path / "x"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert missing.returncode == 2 and "train_embedded" in missing.stderr
