@@ -10,7 +10,7 @@ from .tensors import dump_diagnoses, image_batch_to_rgb8, masks_to_tensor, regio
 CATEGORY = "Q-DeepSight"
 ASSESSOR = "QDS_ASSESSOR"  # an assessor.AssessorBackend, shared by the assess and refine nodes
 
-BACKEND_NAMES = ["classical", "vlm", "openai"]
+BACKEND_NAMES = ["classical", "learned", "vlm", "openai"]
 DEVICES = ["auto", "cuda", "cpu", "mps"]
 DTYPES = ["auto", "bfloat16", "float16", "float32"]
 
@@ -21,6 +21,11 @@ def assessor_options(
     """Keyword options for ``assessor.load_assessor``; only what the backend uses, 'auto' left out."""
     if backend == "classical":
         return {}
+    if backend == "learned":  # the shipped weights unless a .safetensors file is named
+        options = {"weights": model} if model else {}
+        if device != "auto":
+            options["device"] = device
+        return options
     if not model:
         raise ValueError(
             f"the {backend} backend needs a model: pick a folder from models/qdeepsight or type a path or hub id"
@@ -52,8 +57,10 @@ class LoadQDeepSightAssessor:
                     BACKEND_NAMES,
                     {
                         "default": "classical",
-                        "tooltip": "classical: fast, no weights, built in. vlm: the Q-DeepSight vision-language "
-                        "critic (needs a model). openai: the same critic served by vLLM/SGLang at base_url.",
+                        "tooltip": "classical: fast, no weights, built in. learned: a small trained network "
+                        "(weights ship with the pack; not better than classical yet). vlm: the Q-DeepSight "
+                        "vision-language critic (needs a model). openai: the same critic served by "
+                        "vLLM/SGLang at base_url.",
                     },
                 ),
                 "model": (
@@ -67,12 +74,16 @@ class LoadQDeepSightAssessor:
                     {
                         "default": "",
                         "tooltip": "A local folder or hub id (e.g. Qwen/Qwen2.5-VL-7B-Instruct); overrides model. "
-                        "For openai: the model name the server serves.",
+                        "For openai: the model name the server serves. For learned: a retrained "
+                        ".safetensors file (empty: the shipped weights).",
                     },
                 ),
                 "device": (
                     DEVICES,
-                    {"default": "auto", "tooltip": "Where the vlm backend runs; auto picks the GPU."},
+                    {
+                        "default": "auto",
+                        "tooltip": "Where the vlm and learned backends run; auto picks the GPU.",
+                    },
                 ),
                 "dtype": (
                     DTYPES,
@@ -101,7 +112,12 @@ class LoadQDeepSightAssessor:
     def load(self, backend, model, model_path_or_id, device, dtype, base_url):
         from assessor import load_assessor
 
-        path = model_paths.resolve_vlm_model(model, model_path_or_id) if backend != "classical" else None
+        if backend == "classical":
+            path = None
+        elif backend == "learned":
+            path = model_path_or_id.strip() or None
+        else:
+            path = model_paths.resolve_vlm_model(model, model_path_or_id)
         return (load_assessor(backend, **assessor_options(backend, path, device, dtype, base_url)),)
 
 

@@ -225,6 +225,11 @@ def test_pack_registration_loads_no_model_library():
 
 def test_assessor_options_per_backend():
     assert assessor_options("classical", None, "cuda", "float16", "") == {}
+    assert assessor_options("learned", None, "auto", "auto", "") == {}
+    assert assessor_options("learned", "/w.safetensors", "cpu", "auto", "") == {
+        "weights": "/w.safetensors",
+        "device": "cpu",
+    }
     assert assessor_options("vlm", "/m", "auto", "auto", "") == {"model": "/m"}
     assert assessor_options("vlm", "/m", "cuda", "bfloat16", "") == {
         "model": "/m",

@@ -139,6 +139,20 @@ def test_assess_and_preview_runs(comfy):
     assert mask_image[y0:y1, x0:x1].min() == 255 and mask_image.mean() < 255
 
 
+def test_assess_with_the_learned_backend(comfy):
+    prompt = load_api("assess_and_preview")
+    node_of(prompt, "QDeepSightLoadAssessor")["inputs"]["backend"] = "learned"
+    result = run_ok(comfy, prompt)
+    ids = {n["class_type"]: k for k, n in prompt.items()}
+    (report,) = saved(comfy, result, ids["QDeepSightSaveText"], "text")
+    diagnosis = json.loads(report.read_text())
+    from assessor import load_assessor
+
+    direct = load_assessor("learned").assess(read_rgb(SAMPLE))
+    assert diagnosis["backend"] == "learned" and diagnosis["score"] == pytest.approx(direct.score)
+    assert [r["bbox"] for r in diagnosis["regions"]] == [r.bbox for r in direct.regions]
+
+
 def test_weight_free_refine_workflow_runs_end_to_end(comfy):
     prompt = load_api("pig_refine_classical")
     ids = {n["class_type"]: k for k, n in prompt.items()}

@@ -280,7 +280,10 @@ def predict(net: CriticNet, rgb, device: str | torch.device = "cpu") -> Predicti
     import numpy as np
 
     h, w = rgb.shape[:2]
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).to(device)
+    rgb = np.ascontiguousarray(rgb)
+    if not rgb.flags.writeable:  # torch.from_numpy warns on read-only arrays (e.g. ComfyUI's)
+        rgb = rgb.copy()
+    x = torch.from_numpy(rgb).to(device)
     x = x.permute(2, 0, 1)[None].float().div_(255.0)
     x, _ = pad_to_stride(x)
     out = net(x)
