@@ -47,12 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--annotate", metavar="DIR", help="write each image with its regions drawn on it into DIR")
     p.add_argument("--no-trace", action="store_true", help="leave the trace out of the JSON output")
-    g = p.add_argument_group("model backends (vlm, openai)")
+    g = p.add_argument_group("model backends (vlm, openai, learned)")
     g.add_argument(
-        "--model", help="local folder or hub id of the model (vlm), or the served model name (openai)"
+        "--model",
+        help="local folder or hub id of the model (vlm), the served model name (openai), or retrained "
+        "weights (learned, default: the shipped ones)",
     )
     g.add_argument(
-        "--device", help="torch device for vlm, e.g. cuda, cuda:1, cpu (default: cuda if available)"
+        "--device",
+        help="torch device for vlm and learned, e.g. cuda, cuda:1, cpu (default: cuda if available)",
     )
     g.add_argument("--dtype", help="bfloat16, float16 or float32 (default: bfloat16 on GPU, float32 on CPU)")
     g.add_argument(
