@@ -18,15 +18,9 @@ from .. import benchdata
 from ..degrade import SYNTHETIC_TYPES, apply_distortion
 from ..metrics import ssim
 from .critic import ClassicalAssessor
+from .severity import target_severity
 
 CALIBRATION_PHOTOS = benchdata.PHOTOS
-
-
-def target_severity(ssim_value: float) -> float:
-    """The severity whose score (1 + 4 (1 - s^1.5)) matches the score an SSIM value deserves:
-    score = 1 + 4 * SSIM^2.2, i.e. about 4.6 at SSIM 0.95, 3.7 at 0.85, 2.8 at 0.7, 1.9 at 0.5."""
-    score = 1.0 + 4.0 * float(np.clip(ssim_value, 0.0, 1.0)) ** 2.2
-    return float((1.0 - (score - 1.0) / 4.0) ** (2.0 / 3.0))
 
 
 def calibration_images() -> dict[str, np.ndarray]:

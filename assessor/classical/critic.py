@@ -24,7 +24,7 @@ import numpy as np
 from ..backends import AssessorBackend
 from ..imageio import as_rgb8, check_image_size
 from ..schema import Diagnosis, Region, ToolCall, TraceStep
-from ..zoom import Zoom, crop_zoom
+from ..zoom import Zoom, box_iou, crop_zoom
 from . import cues
 from .severity import area_weight, score_from, severity
 
@@ -124,14 +124,6 @@ def _select(centres: tuple[np.ndarray, np.ndarray], box) -> np.ndarray:
     cy, cx = centres
     x0, y0, x1, y1 = box
     return (cy[:, None] >= y0) & (cy[:, None] < y1) & (cx[None, :] >= x0) & (cx[None, :] < x1)
-
-
-def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 class ClassicalAssessor(AssessorBackend):
@@ -333,7 +325,7 @@ class ClassicalAssessor(AssessorBackend):
         ordered += [c for c in found if c not in ordered]
         chosen: list[Candidate] = []
         for cand in ordered:
-            if all(_iou(cand.box, c.box) < 0.5 for c in chosen):
+            if all(box_iou(cand.box, c.box) < 0.5 for c in chosen):
                 chosen.append(cand)
             if len(chosen) >= self.config.max_zooms:
                 break
@@ -759,7 +751,9 @@ class ClassicalAssessor(AssessorBackend):
             if f.distortion:
                 f_area = (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]) / float(w * h)
                 findings.append((f.severity, area_weight(f_area)))
-            if confirmed and all(_iou(f.box, r.bbox) < 0.5 or r.distortion != f.distortion for r in regions):
+            if confirmed and all(
+                box_iou(f.box, r.bbox) < 0.5 or r.distortion != f.distortion for r in regions
+            ):
                 regions.append(Region(list(f.box), f.distortion, round(f.severity, 3), f.reason))
 
         score = score_from(findings)

@@ -56,6 +56,13 @@ def cue_value(distortion: str, sev: float) -> float:
     return float(np.interp(sev, ys, xs))
 
 
+def target_severity(ssim_value: float) -> float:
+    """The severity whose score (1 + 4 (1 - s^1.5)) matches the score an SSIM value deserves:
+    score = 1 + 4 * SSIM^2.2, i.e. about 4.6 at SSIM 0.95, 3.7 at 0.85, 2.8 at 0.7, 1.9 at 0.5."""
+    score = 1.0 + 4.0 * float(np.clip(ssim_value, 0.0, 1.0)) ** 2.2
+    return float((1.0 - (score - 1.0) / 4.0) ** (2.0 / 3.0))
+
+
 def area_weight(area_fraction: float) -> float:
     """How much a local defect counts toward the global score: a defect over 4% of the image weighs
     about 0.4 of the same defect everywhere, over 25% about 0.65."""

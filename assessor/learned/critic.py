@@ -21,10 +21,11 @@ import cv2
 import numpy as np
 
 from ..backends import AssessorBackend
+from ..classical.severity import area_weight
 from ..imageio import as_rgb8, check_image_size
 from ..schema import Diagnosis, Region, ToolCall, TraceStep
-from ..zoom import Zoom, crop_zoom
-from .data import area_weight, score_from_damage
+from ..zoom import Zoom, box_iou, crop_zoom
+from .data import score_from_damage
 from .model import MAP_STRIDE, Prediction, WeightsError, fuse_batchnorm, load_weights, predict
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "critic.safetensors"
@@ -54,14 +55,6 @@ class Finding:
     box: tuple[int, int, int, int]
     reason: str
     confirmed: bool = True
-
-
-def _iou(a, b) -> float:
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _default_device() -> str:
@@ -106,6 +99,9 @@ class LearnedAssessor(AssessorBackend):
         self.net = fuse_batchnorm(net).eval()
         self.weights = path
         self.types = tuple(self.net.config.types)
+        from ..classical import ClassicalAssessor
+
+        self._classical = ClassicalAssessor()  # its global look: the measurements the cues vote with
 
     def _see(self, rgb: np.ndarray) -> Prediction:
         return predict(self.net, rgb, self.device)
@@ -183,53 +179,11 @@ class LearnedAssessor(AssessorBackend):
             return 1.1, f"grain of sigma {sigma:.1f} (of 255), white and coloured like sensor noise"
         return VETO, f"its fine detail is texture rather than grain ({100 * share:.0f}% of tiles grainy)"
 
-    @staticmethod
-    def _global_cues(rgb: np.ndarray) -> dict[str, float]:
+    def _global_cues(self, rgb: np.ndarray) -> dict[str, float]:
         """The classical critic's whole-image measurements, graded on its severity curves: edge width
         of the sharpest fifth, noise floor, 8x8 blockiness, exposure percentiles and clipping, the
         light's colour, grey-level use (see ``assessor.classical``)."""
-        from ..classical import cues
-        from ..classical.severity import severity
-
-        h, w = rgb.shape[:2]
-        scale = min(1.0, 512.0 / max(h, w))
-        look = (
-            rgb
-            if scale >= 1.0
-            else cv2.resize(
-                rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
-            )
-        )
-
-        def tile_for(hh: int, ww: int, preferred: int) -> int:
-            t = min(preferred, max(8, min(hh, ww) // 4))
-            return max(8, t - t % 8)
-
-        _, block_global, phase = cues.blockiness(
-            cues.luminance(rgb), tile_for(h, w, 64 if scale < 1.0 else 32)
-        )
-        stats = cues.tile_stats(look, tile_for(*look.shape[:2], 32), native=scale >= 1.0, phase=phase)
-
-        def pct(a: np.ndarray, q: float, default: float) -> float:
-            v = np.asarray(a, np.float64).ravel()
-            v = v[np.isfinite(v)]
-            return float(np.percentile(v, q)) if v.size else default
-
-        e = cues.exposure_stats(look)
-        cast, _, _ = cues.cast_estimate(look)
-        sharp_ref = max(pct(stats.sigma, 20, 0.5) / scale, 0.5)
-        noise_floor = pct(stats.noise, 25, 0.0) / scale
-        return {
-            "blur": severity("blur", sharp_ref),
-            "noise": severity("noise", noise_floor) if pct(stats.whiteness, 50, 0.0) > 1.25 else 0.0,
-            "jpeg": severity("jpeg", block_global),
-            "overexposure": max(severity("overexposure", e.clipped_hi), severity("brightness", e.mean)),
-            "underexposure": severity("underexposure", e.p999) * float(np.clip((0.42 - e.mean) / 0.12, 0, 1)),
-            "low_contrast": severity("low_contrast", e.p99 - e.p01)
-            * float(np.clip((e.p01 - 0.03) / 0.08, 0, 1)),
-            "color_cast": severity("color_cast", cast),
-            "artifact": severity("artifact", cues.level_occupancy(rgb[..., 1])),
-        }
+        return self._classical._global_suspicions(self._classical._global_look(rgb))
 
     # ------------------------------------------------------------------ (b') native peek
     def _peek(
@@ -451,7 +405,7 @@ class LearnedAssessor(AssessorBackend):
         candidates.sort(key=lambda c: -c[0])
         chosen = []
         for cand in candidates:
-            if all(_iou(cand[2], c[2]) < 0.5 for c in chosen):
+            if all(box_iou(cand[2], c[2]) < 0.5 for c in chosen):
                 chosen.append(cand)
             if len(chosen) >= cfg.max_zooms:
                 break
@@ -479,7 +433,7 @@ class LearnedAssessor(AssessorBackend):
             )
             if not ok or f.distortion in global_kinds:
                 continue
-            if any(g.distortion == f.distortion and _iou(g.box, f.box) >= 0.5 for g in findings):
+            if any(g.distortion == f.distortion and box_iou(g.box, f.box) >= 0.5 for g in findings):
                 continue
             findings.append(f)
             k = self.types.index(f.distortion)

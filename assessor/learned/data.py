@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from .. import benchdata
+from ..classical.severity import area_weight, score_from, target_severity
 from ..degrade import SYNTHETIC_TYPES, apply_distortion, region_mask
 from .model import MAP_STRIDE, TYPES
 
@@ -93,24 +94,9 @@ VISIBLE_AT: dict[str, float] = {
 
 
 # ----------------------------------------------------------------------------- severity and damage
-def target_severity(ssim_value: float) -> float:
-    """The severity whose score 1 + 4 (1 - s^1.5) equals the score an SSIM deserves, 1 + 4 SSIM^2.2
-    (about 4.6 at SSIM 0.95, 3.7 at 0.85, 2.8 at 0.7): the classical critic's convention."""
-    score = 1.0 + 4.0 * float(np.clip(ssim_value, 0.0, 1.0)) ** 2.2
-    return float((1.0 - (score - 1.0) / 4.0) ** (2.0 / 3.0))
-
-
-def area_weight(fraction: float) -> float:
-    """How much a defect over ``fraction`` of the view counts toward the whole view's damage."""
-    return float(min(1.0, 0.25 + 0.8 * np.sqrt(max(fraction, 0.0))))
-
-
 def score_from_damage(damage) -> float:
-    """Score 1..5 from per-type damages 0..1: each removes its share of what is left."""
-    intact = 1.0
-    for d in np.asarray(damage, np.float64).ravel():
-        intact *= 1.0 - float(np.clip(d, 0.0, 1.0)) ** 1.5
-    return float(np.clip(1.0 + 4.0 * intact, 1.0, 5.0))
+    """Score 1..5 from per-type damages 0..1, on the classical critic's scale."""
+    return score_from([(float(d), 1.0) for d in np.asarray(damage, np.float64).ravel()])
 
 
 @dataclass
