@@ -197,16 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     from assessor.schema import Diagnosis, Region
 
     from .plan import make_plan
-    from .refiners.sdxl import SDXLRefiner
+    from .refiners.sdxl import SDXLRefiner, resolve_dtype
 
     tiny = args.tiny
     device = args.device or ("cpu" if tiny else "cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
         print("error: no CUDA GPU visible; run with --tiny to check the code path on the CPU")
         return 2
-    dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[
-        args.dtype if not tiny else "float32"
-    ]
+    dtype = resolve_dtype(args.dtype if not tiny else "float32", device)
     size = args.size or (128 if tiny else 1024)
     region = args.region or (32 if tiny else 256)
     steps = args.steps or (4 if tiny else 30)

@@ -27,6 +27,7 @@ from assessor.backends import BACKENDS, load_assessor
 from assessor.metrics import psnr, ssim
 
 from .controller import refine_image
+from .plan import _overlap
 from .refiners import REFINERS, load_refiner
 
 TARGETS = {"local_mean_gain_db": 1.0, "local_improved": 0.65, "clean_min_ssim": 0.98}
@@ -47,9 +48,7 @@ def blind_enhance(rgb: np.ndarray) -> np.ndarray:
 
 
 def _overlaps(a, b) -> bool:
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    return ix * iy > 0.25 * min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return _overlap(a, b) > 0.25 * min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
 
 
 def evaluate(

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from assessor.classical.cues import IMMERKAER
+from assessor.degrade import linear_to_srgb, srgb_to_linear
+
 LUMA = np.array([0.299, 0.587, 0.114])
 MIN_COVERAGE = 0.7  # share of the border that must step the defect's way (a content edge rarely does)
 
@@ -26,14 +29,6 @@ class Fix:
 
 
 # ----------------------------------------------------------------------------- helpers
-def srgb_to_linear(x: np.ndarray) -> np.ndarray:
-    return np.power(np.clip(x, 0.0, 1.0), 2.2)
-
-
-def linear_to_srgb(x: np.ndarray) -> np.ndarray:
-    return np.power(np.clip(x, 0.0, 1.0), 1.0 / 2.2)
-
-
 def to_u8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.floor(x + 0.5), 0, 255).astype(np.uint8)
 
@@ -76,10 +71,11 @@ def _grid_values(value: np.ndarray, sel: np.ndarray, tile: int) -> np.ndarray:
 def noise_sigma(rgb: np.ndarray, sel: np.ndarray | None = None, tile: int = 24) -> float:
     """Per-channel white-noise sigma (0..255) from Immerkaer's Laplacian-difference operator, the
     quiet quarter of tiles (texture inflates the estimate, flat tiles do not)."""
-    k = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
     resp = np.zeros(rgb.shape[:2], np.float32)
     for c in range(3):
-        resp += np.abs(cv2.filter2D(rgb[:, :, c].astype(np.float32), -1, k, borderType=cv2.BORDER_REFLECT))
+        resp += np.abs(
+            cv2.filter2D(rgb[:, :, c].astype(np.float32), -1, IMMERKAER, borderType=cv2.BORDER_REFLECT)
+        )
     resp *= np.sqrt(np.pi / 2.0) / 6.0 / 3.0
     sel = np.ones(rgb.shape[:2], bool) if sel is None else sel
     tile = int(min(tile, max(8, min(rgb.shape[:2]) // 3)))
@@ -183,13 +179,16 @@ def jpeg_blocks(rgb: np.ndarray, quality: int) -> tuple[np.ndarray, tuple[int, i
 
 def fix_jpeg(rgb: np.ndarray, mask: np.ndarray | None = None, amount: float = 1.0, box=None) -> Fix:
     area = localize(rgb, mask, box, "jpeg")
-    quality = area.data.get("quality")
-    info = {"area": area.how, "quality": quality}
-    if quality is None:
+    if "quality" in area.data:  # localize measured it on the same pixels (its box)
+        quality, depth = area.data["quality"], area.data["depth"]
+    else:
         quality, depth = estimate_jpeg_quality(rgb, area.inside)
-        info.update(quality=quality, dip=round(depth, 3))
-        if quality is None or depth < 0.15:
-            return Fix(rgb.copy(), info={**info, "skipped": "no JPEG quality stands out"})
+    stands_out = quality is not None and depth >= 0.15
+    info = {"area": area.how, "quality": quality}
+    if "quality" not in area.data or not stands_out:
+        info["dip"] = round(depth, 3)
+    if not stands_out:
+        return Fix(rgb.copy(), info={**info, "skipped": "no JPEG quality stands out"})
     out = blend(rgb, deblock(rgb, quality), amount)
     return Fix(out, mask=area.soft, info=info)
 
@@ -402,6 +401,7 @@ class Area:
     how: str  # "snapped-rect", "snapped-ellipse", "blocks", "levels", "box", "whole"
     hard: np.ndarray | None = None
     data: dict = field(default_factory=dict)
+    pairs: tuple | None = None  # mirror_pairs(hard, data["box"], data["shape"]) for a snapped area
 
 
 def _ring_of(hard: np.ndarray, mask: np.ndarray, gap: int = 4) -> np.ndarray:
@@ -413,8 +413,7 @@ def _ring_of(hard: np.ndarray, mask: np.ndarray, gap: int = 4) -> np.ndarray:
 def _snap_feature(rgb: np.ndarray, kind: str, box, ring0: np.ndarray) -> tuple[np.ndarray, float, dict]:
     """The map a defect's border shows up in, and its sign (+1: higher inside)."""
     if kind == "noise":
-        k = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
-        r = sum(np.abs(cv2.filter2D(rgb[:, :, c].astype(np.float32), -1, k)) for c in range(3))
+        r = sum(np.abs(cv2.filter2D(rgb[:, :, c].astype(np.float32), -1, IMMERKAER)) for c in range(3))
         return np.log(cv2.blur(r, (7, 7)) + 1.0), 1.0, {}
     if kind == "blur":
         y = luminance(rgb).astype(np.float32)
@@ -460,7 +459,7 @@ def localize(rgb: np.ndarray, mask: np.ndarray | None, box, kind: str) -> Area:
             err, _ = jpeg_blocks(rgb, quality)
             e_core = np.nanmedian(err[core]) if np.isfinite(err[core]).any() else np.nan
             e_ring = np.nanmedian(err[ring0]) if ring0.any() and np.isfinite(err[ring0]).any() else np.nan
-            data = {"quality": quality, "dip": round(depth, 3)}
+            data = {"quality": quality, "dip": round(depth, 3), "depth": depth}
             if np.isfinite(e_core) and np.isfinite(e_ring) and e_ring > 1.5 * e_core:
                 thr = float(np.sqrt(max(e_core, 0.05) * e_ring))
                 blocks = (np.nan_to_num(err, nan=np.inf) <= thr).astype(np.uint8)
@@ -473,7 +472,9 @@ def localize(rgb: np.ndarray, mask: np.ndarray | None, box, kind: str) -> Area:
                     soft[soft < 1.0 / 512] = 0.0
                     return Area(soft, hard, _ring_of(hard, mask), "blocks", hard, data)
             return Area(_box_soft((h, w), box, allowed), core, ring0, "box", core, data)
-        return Area(_box_soft((h, w), box, allowed), core, ring0, "box", core, {})
+        # nothing stands out: hand the measurement on (area.inside is this same box) for fix_jpeg
+        data = {"quality": quality, "depth": depth}
+        return Area(_box_soft((h, w), box, allowed), core, ring0, "box", core, data)
     if kind == "artifact":
         q, levels = posterize_step(rgb[core])
         if levels is not None:
@@ -504,7 +505,7 @@ def localize(rgb: np.ndarray, mask: np.ndarray | None, box, kind: str) -> Area:
         med = float(np.median(steps)) if steps.size else 0.0
         data["coverage"] = round(float((steps > 0.3 * med).mean()), 3) if steps.size and med > 0 else 0.0
         data["consistent"] = data["coverage"] >= MIN_COVERAGE
-        return Area(soft, hard, _ring_of(hard, mask), f"snapped-{shape}", hard, data)
+        return Area(soft, hard, _ring_of(hard, mask), f"snapped-{shape}", hard, data, (pin, pout))
     return Area(_box_soft((h, w), box, allowed), core, ring0, "box", core, data)
 
 
@@ -533,7 +534,10 @@ def fix_tones(
             rgb.copy(), info={"area": area.how, "skipped": "no border that steps the same way all around"}
         )
     hard = area.hard if area.hard is not None else area.inside
-    pin, pout = mirror_pairs(hard, area.data["box"], area.data["shape"])
+    if area.pairs is not None:
+        pin, pout = area.pairs
+    else:
+        pin, pout = mirror_pairs(hard, area.data["box"], area.data["shape"])
     if pin[0].size < 50:
         return Fix(
             rgb.copy(), info={"area": area.how, "skipped": "too small to compare with its surroundings"}

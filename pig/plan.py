@@ -13,6 +13,8 @@ import numpy as np
 
 from assessor.schema import DISTORTIONS, Diagnosis, Region
 
+from .paste import mask_bbox
+
 OPERATIONS = ("inpaint", "img2img", "global_fix")
 MASK_SHAPES = ("rect", "ellipse")
 USER_MASK_MODES = ("narrow", "replace")
@@ -201,7 +203,7 @@ def make_plan(
         return merge_prompts(base, add_pos), merge_prompts(negative_prompt, add_neg)
 
     if umask is not None and user_mask_mode == "replace":
-        box = _mask_box(umask)
+        box = mask_bbox(umask, 0.01)
         if box is None:
             return RefinePlan((w, h), [])
         inside = [
@@ -247,12 +249,6 @@ def make_plan(
             RegionPlan(region, mask, op, strength_for(region.severity, op, strengths), pos, neg, index=i)
         )
     return RefinePlan((w, h), plans)
-
-
-def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    from .paste import mask_bbox
-
-    return mask_bbox(mask, 0.01)
 
 
 def _overlap(a, b) -> int:
