@@ -187,10 +187,7 @@ class PCRConfig:
             )
         if not (self.tau_start > 0 and self.tau_end > 0):
             raise ConfigError("pcr.tau_start and pcr.tau_end must be positive")
-        for key in ("window_start", "window_end"):
-            if not 0.0 < getattr(self, key) <= 1.0:
-                raise ConfigError(f"pcr.{key} must be in (0, 1], got {getattr(self, key)}")
-        for key in ("tau_until", "window_until"):
+        for key in ("window_start", "window_end", "tau_until", "window_until"):
             if not 0.0 < getattr(self, key) <= 1.0:
                 raise ConfigError(f"pcr.{key} must be in (0, 1], got {getattr(self, key)}")
 

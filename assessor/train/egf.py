@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..vlm.loop import RATING_DIGITS, Trajectory
+from ..vlm.loop import RATING_DIGITS, Trajectory, token_at
 from .config import EGFConfig
 
 PROBE_PREFIXES = {
@@ -94,13 +94,7 @@ def answer_token_start(
         for tid in gen.token_ids:
             offsets.append(pos)
             pos += len(decode(tid))
-    index = 0
-    for i, start in enumerate(offsets):
-        if start <= char:
-            index = i
-        else:
-            break
-    return turn.start + index
+    return turn.start + token_at(offsets, char)
 
 
 @dataclass

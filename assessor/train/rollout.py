@@ -1,7 +1,7 @@
 """From trajectories to tensors: re-encoding a batch of finished trajectories for the loss, and
 probing the policy's rating distribution at chosen points (for EGF).
 
-The rollouts themselves are the inference loop (:meth:`VLMAssessor.rollouts`): the same prompt,
+The rollouts themselves are the inference loop (:meth:`VLMAssessor.assess_results`): the same prompt,
 tool execution and crops as at inference, sampled G times per image. Here each finished
 trajectory is encoded once, in one sequence, with the multimodal rotary positions the loop used
 (:func:`assessor.vlm.hf.build_model_inputs`), and several trajectories are padded into one

@@ -442,37 +442,35 @@ class GRPOTrainer:
         return s.targets if len(s.targets) else np.array([len(s.traj.token_ids) - 1], dtype=np.int64)
 
     @torch.no_grad()
-    def reference_logps(self, samples: list[Sample], encoded: list[dict[str, Any]]) -> None:
+    def _logps(self, model, samples: list[Sample], encoded: list[dict[str, Any]]) -> list[torch.Tensor]:
+        """Detached per-target log-probs of every sample under ``model``, micro-batch by micro-batch."""
         temperature = self.config.rollout.temperature
-        with self.generation_context() as model:
-            ref = self.ref_model if self.ref_model is not None else model
-            ctx = adapters_disabled(model) if self.ref_model is None else contextlib.nullcontext()
-            with ctx:
-                for mb in self._micro_batches(list(range(len(samples)))):
-                    out = trajectory_logps(
-                        ref,
-                        self.transport,
-                        [encoded[i] for i in mb],
-                        [self._targets_or_dummy(samples[i]) for i in mb],
-                        temperature,
-                    )
-                    for i, lp in zip(mb, out):
-                        samples[i].ref_logps = lp.detach()
-
-    @torch.no_grad()
-    def old_logps(self, samples: list[Sample], encoded: list[dict[str, Any]]) -> None:
-        temperature = self.config.rollout.temperature
-        self.unwrapped.train()
+        logps: list[torch.Tensor] = []
         for mb in self._micro_batches(list(range(len(samples)))):
             out = trajectory_logps(
-                self.model,
+                model,
                 self.transport,
                 [encoded[i] for i in mb],
                 [self._targets_or_dummy(samples[i]) for i in mb],
                 temperature,
             )
-            for i, lp in zip(mb, out):
-                samples[i].old_logps = lp.detach()
+            logps.extend(lp.detach() for lp in out)
+        return logps
+
+    @torch.no_grad()
+    def reference_logps(self, samples: list[Sample], encoded: list[dict[str, Any]]) -> None:
+        with self.generation_context() as model:
+            ref = self.ref_model if self.ref_model is not None else model
+            ctx = adapters_disabled(model) if self.ref_model is None else contextlib.nullcontext()
+            with ctx:
+                for s, lp in zip(samples, self._logps(ref, samples, encoded)):
+                    s.ref_logps = lp
+
+    @torch.no_grad()
+    def old_logps(self, samples: list[Sample], encoded: list[dict[str, Any]]) -> None:
+        self.unwrapped.train()
+        for s, lp in zip(samples, self._logps(self.model, samples, encoded)):
+            s.old_logps = lp
 
     def update(self, samples: list[Sample], encoded: list[dict[str, Any]]) -> dict[str, float]:
         """``grpo.iterations`` optimizer steps on this batch; returns loss statistics.

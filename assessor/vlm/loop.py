@@ -449,7 +449,7 @@ def expected_rating(probs: Sequence[float]) -> float:
     return float(np.dot(p / total, RATING_DIGITS))
 
 
-def _token_at(offsets: Sequence[int], char: int) -> int:
+def token_at(offsets: Sequence[int], char: int) -> int:
     """Index of the token whose text contains character ``char``."""
     index = 0
     for i, start in enumerate(offsets):
@@ -506,7 +506,7 @@ def _rating_probs_at_score(gen: Generation, answer: ParsedAnswer) -> list[float]
         return None
     if not gen.rating_probs:
         return None
-    index = _token_at(gen.token_offsets, answer.score_offset)
+    index = token_at(gen.token_offsets, answer.score_offset)
     if index >= len(gen.rating_probs):
         return None
     probs = [float(p) for p in gen.rating_probs[index]]
@@ -592,12 +592,6 @@ class LoopAssessor(AssessorBackend):
         if any(r.error for r in results):
             raise BatchAssessmentError(results)
         return [r.diagnosis for r in results]
-
-    def rollouts(
-        self, images: Sequence[np.ndarray], config: LoopConfig | None = None
-    ) -> list[list[Trajectory]]:
-        """Run the loop and return the raw trajectories per image (``config.samples`` each)."""
-        return [r.trajectories for r in self.assess_results(images, config=config)]
 
     def assess_results(
         self, images: Sequence[np.ndarray], config: LoopConfig | None = None

@@ -140,8 +140,7 @@ def build_config(tokenizer, *, text: dict[str, Any] | None = None, vision: dict[
 
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in SPECIAL_TOKENS}
     text_config = dict(TINY_TEXT if text is None else text)
-    text_config.setdefault("vocab_size", len(tokenizer))
-    text_config["vocab_size"] = max(int(text_config["vocab_size"]), len(tokenizer))
+    text_config["vocab_size"] = max(int(text_config.get("vocab_size", len(tokenizer))), len(tokenizer))
     text_config.update(
         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]
     )
