@@ -16,10 +16,9 @@ from .nodes_assess import ASSESSOR, CATEGORY, DEVICES, DTYPES
 from .tensors import (
     image_batch_to_rgb8,
     keep_untouched,
-    masks_for_batch,
     masks_to_tensor,
     parse_diagnoses,
-    pick,
+    user_masks,
 )
 
 SDXL_PIPELINE = "PIG_SDXL_REFINER"  # a loaded pig.refiners "sdxl" refiner
@@ -68,11 +67,6 @@ def parse_region_prompts(text: str, diagnosis) -> dict[int, str]:
             for i in matched:
                 prompts.setdefault(i, prompt)
     return prompts
-
-
-def _is_empty(mask: torch.Tensor | None) -> bool:
-    """ComfyUI's LoadImage gives an all-zero 64x64 MASK when nothing was painted: that means 'no mask'."""
-    return mask is None or not bool((mask > 0).any())
 
 
 class PiGPlan:
@@ -181,18 +175,14 @@ class PiGPlan:
                 "the diagnoses must carry one image_size; connect Assess Image Quality's diagnosis output"
             )
         width, height = sizes.pop()
-        user_masks = (
-            [None] * len(diagnoses)
-            if _is_empty(mask)
-            else masks_for_batch(mask, len(diagnoses), height, width)
-        )
+        masks = user_masks(mask, len(diagnoses), height, width)
         plans = [
             make_plan(
                 d,
                 prompt=prompt,
                 negative_prompt=negative_prompt,
                 region_prompts=parse_region_prompts(region_prompts, d),
-                user_mask=user_masks[i],
+                user_mask=masks[i],
                 user_mask_mode=mask_mode,
                 min_severity=min_severity,
                 global_operation="img2img" if for_refiner == "diffusion" else "global_fix",
@@ -237,7 +227,7 @@ def refine_batch(
         image = image.unsqueeze(0)
     rgbs = image_batch_to_rgb8(image)
     height, width = rgbs[0].shape[:2]
-    user_masks = [None] * len(rgbs) if _is_empty(mask) else masks_for_batch(mask, len(rgbs), height, width)
+    masks = user_masks(mask, len(rgbs), height, width)
     progress = RoundProgress(len(rgbs), max_iterations)
     should_cancel = interrupt_check()
     outputs, results = [], []
@@ -254,7 +244,7 @@ def refine_batch(
             seed=int(seed),
             prompt=prompt,
             negative_prompt=negative_prompt,
-            user_mask=pick(user_masks, i),
+            user_mask=masks[i],
             user_mask_mode=mask_mode,
             min_severity=float(min_severity),
             progress=progress,
@@ -281,14 +271,30 @@ def _json_default(value):
     return str(value)
 
 
-REFINE_RETURN_TYPES = ("IMAGE", "FLOAT", "STRING", "STRING")
-REFINE_RETURN_NAMES = ("image", "score", "score_history", "report")
-REFINE_OUTPUT_TOOLTIPS = (
-    "The refined image(s): only diagnosed places change, and only changes that raised the score are kept.",
-    "The final score 1..5 (mean over a batch).",
-    "Score per round, kept or rolled back, and why it stopped.",
-    "The full report as JSON: initial/final score, every round's plan, regions and timing.",
-)
+class _RefineNode:
+    """The outputs every refine node shares; each subclass adds INPUT_TYPES, DESCRIPTION and ``refine``."""
+
+    RETURN_TYPES = ("IMAGE", "FLOAT", "STRING", "STRING")
+    RETURN_NAMES = ("image", "score", "score_history", "report")
+    OUTPUT_TOOLTIPS = (
+        "The refined image(s): only diagnosed places change, and only changes that raised the score are kept.",
+        "The final score 1..5 (mean over a batch).",
+        "Score per round, kept or rolled back, and why it stopped.",
+        "The full report as JSON: initial/final score, every round's plan, regions and timing.",
+    )
+    FUNCTION = "refine"
+    CATEGORY = CATEGORY
+
+
+def target_inputs() -> dict[str, tuple]:
+    """The image to refine and the critic, the first inputs of every refine node."""
+    return {
+        "image": ("IMAGE", {"tooltip": "The image(s) to refine; every image of a batch is refined."}),
+        "assessor": (
+            ASSESSOR,
+            {"tooltip": "The critic that finds the regions and judges every round."},
+        ),
+    }
 
 
 def crop_size_inputs() -> dict[str, tuple]:
@@ -410,7 +416,7 @@ def seed_input() -> dict[str, tuple]:
     }
 
 
-class PiGRefine:
+class PiGRefine(_RefineNode):
     """PiG with ComfyUI's own checkpoint: a detailer pass on each diagnosed region, re-assessed each round."""
 
     @classmethod
@@ -418,11 +424,7 @@ class PiGRefine:
         samplers, schedulers = _sampler_names()
         return {
             "required": {
-                "image": ("IMAGE", {"tooltip": "The image(s) to refine; every image of a batch is refined."}),
-                "assessor": (
-                    ASSESSOR,
-                    {"tooltip": "The critic that finds the regions and judges every round."},
-                ),
+                **target_inputs(),
                 "model": (
                     "MODEL",
                     {"tooltip": "The diffusion model (an SDXL checkpoint or an SDXL inpainting checkpoint)."},
@@ -483,11 +485,6 @@ class PiGRefine:
             "optional": mask_inputs(),
         }
 
-    RETURN_TYPES = REFINE_RETURN_TYPES
-    RETURN_NAMES = REFINE_RETURN_NAMES
-    OUTPUT_TOOLTIPS = REFINE_OUTPUT_TOOLTIPS
-    FUNCTION = "refine"
-    CATEGORY = CATEGORY
     DESCRIPTION = "PiG: assess, fix exactly the diagnosed places with your checkpoint, re-assess, keep only improvements."
 
     def refine(
@@ -544,29 +541,20 @@ class PiGRefine:
         )
 
 
-class PiGRefineClassical:
+class PiGRefineClassical(_RefineNode):
     """PiG with the weight-free OpenCV fixes (denoise, sharpen, deblock, exposure/contrast/colour)."""
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "image": ("IMAGE", {"tooltip": "The image(s) to refine; every image of a batch is refined."}),
-                "assessor": (
-                    ASSESSOR,
-                    {"tooltip": "The critic that finds the regions and judges every round."},
-                ),
+                **target_inputs(),
                 **seed_input(),
                 **loop_inputs(),
             },
             "optional": mask_inputs(),
         }
 
-    RETURN_TYPES = REFINE_RETURN_TYPES
-    RETURN_NAMES = REFINE_RETURN_NAMES
-    OUTPUT_TOOLTIPS = REFINE_OUTPUT_TOOLTIPS
-    FUNCTION = "refine"
-    CATEGORY = CATEGORY
     DESCRIPTION = "PiG without a diffusion model: classical fixes inside the diagnosed regions, kept only if the score rises."
 
     def refine(
@@ -665,18 +653,14 @@ class PiGLoadDiffusersSDXL:
         return (load_refiner("sdxl", **options),)
 
 
-class PiGRefineDiffusersSDXL:
+class PiGRefineDiffusersSDXL(_RefineNode):
     """PiG with a diffusers SDXL pipeline (for workflows that load models the diffusers way)."""
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "image": ("IMAGE", {"tooltip": "The image(s) to refine; every image of a batch is refined."}),
-                "assessor": (
-                    ASSESSOR,
-                    {"tooltip": "The critic that finds the regions and judges every round."},
-                ),
+                **target_inputs(),
                 "sdxl_refiner": (SDXL_PIPELINE, {"tooltip": "From Load PiG SDXL (diffusers)."}),
                 **prompt_inputs(),
                 **seed_input(),
@@ -699,11 +683,6 @@ class PiGRefineDiffusersSDXL:
             "optional": mask_inputs(),
         }
 
-    RETURN_TYPES = REFINE_RETURN_TYPES
-    RETURN_NAMES = REFINE_RETURN_NAMES
-    OUTPUT_TOOLTIPS = REFINE_OUTPUT_TOOLTIPS
-    FUNCTION = "refine"
-    CATEGORY = CATEGORY
     DESCRIPTION = "PiG with a diffusers SDXL pipeline: crop-inpaint the diagnosed places, img2img for whole-image defects."
 
     def refine(

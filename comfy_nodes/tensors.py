@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from assessor.schema import Diagnosis
+if TYPE_CHECKING:  # assessor (and OpenCV) load when a node runs, not when ComfyUI starts
+    from assessor.schema import Diagnosis
 
 
 class TensorLayoutError(ValueError):
@@ -87,6 +89,17 @@ def masks_for_batch(
     return [np.ascontiguousarray(x) for x in m.numpy()]
 
 
+def is_empty_mask(mask: torch.Tensor | None) -> bool:
+    """ComfyUI's LoadImage gives an all-zero 64x64 MASK when nothing was painted: that means 'no mask'."""
+    return mask is None or not bool((mask > 0).any())
+
+
+def user_masks(mask: torch.Tensor | None, batch: int, height: int, width: int) -> list[np.ndarray | None]:
+    """The user's optional MASK input as one mask per image (:func:`masks_for_batch`), or ``batch``
+    times ``None`` when it is missing or empty (see :func:`is_empty_mask`)."""
+    return [None] * batch if is_empty_mask(mask) else masks_for_batch(mask, batch, height, width)
+
+
 def masks_to_tensor(masks: Sequence[np.ndarray]) -> torch.Tensor:
     """List of ``H x W`` arrays -> MASK ``[B,H,W]`` float32 0..1."""
     if len(masks) == 0:
@@ -134,6 +147,8 @@ def dump_diagnoses(diagnoses: Sequence[Diagnosis]) -> str:
 
 def parse_diagnoses(text: str) -> list[Diagnosis]:
     """The inverse of :func:`dump_diagnoses` (an object or a list of objects)."""
+    from assessor.schema import Diagnosis
+
     try:
         data = json.loads(text)
     except (TypeError, json.JSONDecodeError) as exc:
@@ -144,10 +159,3 @@ def parse_diagnoses(text: str) -> list[Diagnosis]:
     if not items:
         raise ValueError("diagnosis: the JSON list is empty")
     return [Diagnosis.from_dict(item) for item in items]
-
-
-def pick(items: Sequence, index: int):
-    """Item ``index`` of a per-batch list, or the single item when one applies to the whole batch."""
-    if len(items) == 1:
-        return items[0]
-    return items[index]
