@@ -135,6 +135,14 @@ def resolve_dtype(dtype: Any, device: str):
     return table[str(dtype)]
 
 
+def _dtype_keyword() -> str:
+    """``dtype`` where diffusers takes it (it deprecates ``torch_dtype``); older ones, which ComfyUI
+    installs may carry, know only ``torch_dtype``."""
+    from diffusers.utils import deprecation_utils
+
+    return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+
+
 def make_scheduler(name: str, config: Any):
     from diffusers import (
         DDIMScheduler,
@@ -234,7 +242,7 @@ class SDXLRefiner(Refiner):
     # ------------------------------------------------------------------ loading
     def _load(self, cls, model: str, config, local_files_only, variant):
         path = Path(os.path.expanduser(model))
-        kwargs: dict = {"torch_dtype": self.dtype}
+        kwargs: dict = {_dtype_keyword(): self.dtype}
         if path.is_file() or path.suffix.lower() in SINGLE_FILE_SUFFIXES:
             if not path.is_file():
                 raise RefinerError(f"{model}: no such checkpoint file")
