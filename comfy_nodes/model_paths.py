@@ -46,12 +46,34 @@ def _roots(names: tuple[str, ...]) -> list[str]:
     return roots
 
 
+# (roots, max_depth) -> (folders found, mtime of every folder walked): ComfyUI asks for the lists on
+# every INPUT_TYPES call (each page load); a stat per folder is much cheaper than a new walk.
+_FOLDER_CACHE: dict[tuple[tuple[str, ...], int], tuple[list[str], dict[str, float]]] = {}
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
+
+
 def model_folders(roots: list[str], *, max_depth: int = 3) -> list[str]:
-    """Sub-folders (relative, '/'-separated) of ``roots`` that hold a ``config.json``: loadable models."""
+    """Sub-folders (relative, '/'-separated) of ``roots`` that hold a ``config.json``: loadable models.
+
+    Memoised like ComfyUI's ``folder_paths``: the walk is redone only when a walked folder changed
+    (a model added, removed or renamed changes its parent's mtime)."""
+    roots = [os.path.abspath(r) for r in roots]
+    key = (tuple(roots), max_depth)
+    cached = _FOLDER_CACHE.get(key)
+    if cached is not None and all(_mtime(d) == t for d, t in cached[1].items()):
+        return list(cached[0])
     found: set[str] = set()
+    walked: dict[str, float] = {}
     for root in roots:
-        root = os.path.abspath(root)
+        walked[root] = _mtime(root)
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            walked[dirpath] = _mtime(dirpath)
             rel = os.path.relpath(dirpath, root)
             depth = 0 if rel == "." else rel.count(os.sep) + 1
             if depth >= max_depth:
@@ -59,7 +81,9 @@ def model_folders(roots: list[str], *, max_depth: int = 3) -> list[str]:
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             if "config.json" in filenames and rel != ".":
                 found.add(rel.replace(os.sep, "/"))
-    return sorted(found)
+    result = sorted(found)
+    _FOLDER_CACHE[key] = (result, walked)
+    return list(result)
 
 
 def vlm_model_choices() -> list[str]:

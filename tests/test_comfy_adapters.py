@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import subprocess
 import sys
 import types
@@ -565,3 +566,20 @@ def test_load_assessor_node_builds_the_vlm_backend_from_a_local_folder(tmp_path)
         assert next(critic.model.parameters()).dtype == torch.float32
     finally:
         critic.close()
+
+
+def test_model_folder_lists_are_memoised_until_a_folder_changes(tmp_path, monkeypatch):
+    root = tmp_path / "qdeepsight"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "config.json").write_text("{}")
+    walks = []
+    real_walk = os.walk
+    monkeypatch.setattr(model_paths.os, "walk", lambda *a, **k: walks.append(a[0]) or real_walk(*a, **k))
+    assert model_paths.model_folders([str(root)]) == ["a"]
+    assert model_paths.model_folders([str(root)]) == ["a"]
+    assert len(walks) == 1  # the second call only stat-ed the folders
+    (root / "b").mkdir()
+    (root / "b" / "config.json").write_text("{}")
+    os.utime(root, (1, 1))  # some file systems keep the mtime within a second: force a change
+    assert model_paths.model_folders([str(root)]) == ["a", "b"]
+    assert len(walks) == 2
