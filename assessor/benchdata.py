@@ -153,12 +153,17 @@ class Case:
     mask: np.ndarray | None = None
 
 
-def global_cases(photos: dict[str, np.ndarray], levels=(1, 2, 3, 4, 5), seed: int = 0) -> list[Case]:
-    """Every photo x every synthetic type x every level, plus the clean photo (level 0)."""
+def global_cases(
+    photos: dict[str, np.ndarray], levels=(1, 2, 3, 4, 5), seed: int = 0, types=SYNTHETIC_TYPES
+) -> list[Case]:
+    """Every photo x every synthetic type x every level, plus the clean photo (level 0).
+
+    A subset of ``types`` draws the same noise and cast direction as the full set does."""
     out = []
     for pi, (name, img) in enumerate(photos.items()):
         out.append(Case(f"{name}/clean", img, img, None, 0))
-        for ti, kind in enumerate(SYNTHETIC_TYPES):
+        for kind in types:
+            ti = SYNTHETIC_TYPES.index(kind)
             for level in levels:
                 rng = np.random.default_rng([seed, pi, ti])  # same noise / cast direction at every level
                 out.append(

@@ -84,8 +84,8 @@ def benchmark_items(
     seed: int = 0,
 ) -> list[Item]:
     """Clean and degraded shipped photos with their pseudo-MOS (see the module docstring)."""
-    from .benchdata import PHOTOS, load_photo
-    from .degrade import SYNTHETIC_TYPES, apply_distortion
+    from .benchdata import PHOTOS, global_cases, load_photo
+    from .degrade import SYNTHETIC_TYPES
 
     if pseudo_mos not in PSEUDO_MOS:
         raise ValueError(f"pseudo_mos must be one of {', '.join(PSEUDO_MOS)}, got {pseudo_mos!r}")
@@ -100,19 +100,14 @@ def benchmark_items(
             f"unknown distortion type(s) {', '.join(bad)}; choose from {', '.join(SYNTHETIC_TYPES)}"
         )
     items = []
-    for pi, name in enumerate(names):
-        clean = load_photo(name)
-        items.append(Item(f"{name}/clean", 5.0, lambda c=clean: c))
-        for ti, kind in enumerate(kinds):
-            for level in levels:
-                # the same noise / cast direction at every level, as in benchdata.global_cases
-                rng = np.random.default_rng([seed, pi, ti])
-                img = apply_distortion(clean, kind, level, rng)
-                if pseudo_mos == "level":
-                    mos = 5.0 - 0.8 * level
-                else:
-                    mos = float(np.clip(1.0 + 4.0 * ssim(clean, img), 1.0, 5.0))
-                items.append(Item(f"{name}/{kind}/{level}", mos, lambda i=img: i))
+    for case in global_cases({n: load_photo(n) for n in names}, levels=levels, seed=seed, types=kinds):
+        if case.level == 0:
+            mos = 5.0
+        elif pseudo_mos == "level":
+            mos = 5.0 - 0.8 * case.level
+        else:
+            mos = float(np.clip(1.0 + 4.0 * ssim(case.clean, case.image), 1.0, 5.0))
+        items.append(Item(case.name, mos, lambda i=case.image: i))
     return items
 
 
