@@ -470,13 +470,24 @@ class ClassicalAssessor(AssessorBackend):
         not_a_defect = "nothing stands out against the surroundings"
 
         def tile_finding(
-            kind: str, bad: np.ndarray, inside: np.ndarray, values: np.ndarray, to_box, reason
+            kind: str,
+            bad: np.ndarray,
+            inside: np.ndarray,
+            values: np.ndarray,
+            to_box,
+            reason,
+            relative_to=None,
         ) -> None:
+            """A finding when enough of the region's tiles are bad; graded by their median value,
+            less half the severity the context already has (``relative_to``) where given."""
             n_bad = int((bad & inside).sum())
             n_in = int((np.isfinite(values) & inside).sum())
             if n_bad >= 2 and n_bad >= 0.4 * max(n_in, 1):
                 v = float(np.nanmedian(values[bad & inside]))
-                found[kind] = Finding(kind, 0.0, reason(v), to_box(bad & inside), v)
+                sev = severity(kind, v) - (
+                    0.5 * severity(kind, relative_to) if relative_to is not None else 0.0
+                )
+                found[kind] = Finding(kind, sev, reason(v), to_box(bad & inside), v)
 
         # blur: tiles whose edges are much wider than the context's sharpest
         ref = max(r["blur_sigma"] if np.isfinite(r["blur_sigma"]) else look.sharp_ref, 0.5)
@@ -492,6 +503,7 @@ class ClassicalAssessor(AssessorBackend):
             ts.sigma,
             z.zoom_box,
             lambda v: f"edges {v:.1f} px wide (Gaussian sigma) against {ref:.1f} px around it",
+            relative_to=ref,
         )
         if "blur" in found:
             f = found["blur"]
@@ -503,8 +515,6 @@ class ClassicalAssessor(AssessorBackend):
                     f"{f.reason}, but a large soft area next to sharp detail is intended depth of field"
                 )
                 del found["blur"]
-            else:
-                f.severity = severity("blur", f.value) - 0.5 * severity("blur", ref)
 
         # noise: white at pixel scale, and in colour as much as in luma (or very white): not texture
         nref = r["noise_sigma"] if np.isfinite(r["noise_sigma"]) else look.noise_floor
@@ -521,9 +531,8 @@ class ClassicalAssessor(AssessorBackend):
             ts.noise,
             z.zoom_box,
             lambda v: f"grain of sigma {v:.1f} (of 255) against {nref:.1f} around it",
+            relative_to=nref,
         )
-        if "noise" in found:
-            found["noise"].severity = severity("noise", found["noise"].value) - 0.5 * severity("noise", nref)
 
         # blown highlights
         clip_ref = r["clipped"]
@@ -535,8 +544,6 @@ class ClassicalAssessor(AssessorBackend):
             z.zoom_box,
             lambda v: f"{100 * v:.0f}% of pixels blown out against {100 * clip_ref:.0f}% around",
         )
-        if "overexposure" in found:
-            found["overexposure"].severity = severity("overexposure", found["overexposure"].value)
 
         # JPEG blocks and banding, on native tiles
         g = z.blocks
@@ -552,7 +559,6 @@ class ClassicalAssessor(AssessorBackend):
             lambda v: f"8x8 block borders {v:.2f}x stronger than block interiors",
         )
         if "jpeg" in found:
-            found["jpeg"].severity = severity("jpeg", found["jpeg"].value)
             found.pop("blur", None)  # compression explains the lost detail
         g = z.levels
         o_ring = _pct(g.values[g.ring], 50) if g.ring.any() else look.occupancy_global
@@ -567,8 +573,6 @@ class ClassicalAssessor(AssessorBackend):
                 g.to_box,
                 lambda v: f"only {100 * v:.0f}% of grey levels used: banding / posterization",
             )
-            if "artifact" in found:
-                found["artifact"].severity = severity("artifact", found["artifact"].value)
 
         # a darkened region keeps its structure (edges scale with brightness), and it sits in a lit
         # neighbourhood: dark content is often flat, and in a dark scene everything is dark on purpose
