@@ -1,7 +1,7 @@
 """Evidence Gradient Filtering (EGF): our definition (the paper publishes no formula).
 
 What a turn of reasoning did for the answer is read from the model itself. At the start of every
-model turn t we *probe* the policy: append the answer prefix of the prompt style (for ours
+model turn t we *probe* the policy: append the prompt style's ``probe_prefix`` (for ours
 ``<answer>\\n{"score": ``) to the trajectory so far and read P(rating digit k), k = 1..5; its
 expectation E_t = sum_k k P(k) is what the model would answer now. After the last turn,
 E_ans is the same expectation at the score the model actually wrote (recorded during the
@@ -38,17 +38,6 @@ import numpy as np
 
 from ..vlm.loop import RATING_DIGITS, Trajectory, token_at
 from .config import EGFConfig
-
-PROBE_PREFIXES = {
-    "qdeepsight": '<answer>\n{"score": ',
-    "qinsight": '<answer>{"rating": ',
-    "visualquality-r1": "<answer>",
-    "plain": "<answer>",
-}
-
-
-def probe_prefix(prompt_style: str) -> str:
-    return PROBE_PREFIXES.get(prompt_style, "<answer>")
 
 
 def expected_score(probs: Sequence[float]) -> float:

@@ -9,8 +9,8 @@ progress p in [0, 1]:
   tightens from ``tau_start`` to ``tau_end`` by ``tau_until`` of training (constant, linear or
   cosine): early on a roughly right score earns most of the reward (coarse), at the end only
   answers within ``tau_end`` (0.35: Q-Insight's threshold) earn any (fine).
-* r_format = 1 for an answer in the prompt style's format with no repair or correction along
-  the way, ``format_partial`` for an answer that needed one, 0 for no answer.
+* r_format = 1 for an answer in one of the prompt style's ``answer_formats`` with no repair or
+  correction along the way, ``format_partial`` for an answer that needed one, 0 for no answer.
 * r_tool = 1 when the trajectory zoomed, its answer earned r_score >= ``tool_min_score``, and at
   least one zoom *helped*: its evidence gain (see :mod:`assessor.train.egf`) exceeded
   ``egf.min_gain``. Zooming is paid only when the crop moved the model toward the truth, not for
@@ -38,13 +38,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import PCRConfig
-
-STYLE_FORMATS = {  # the answer format each prompt style asks for (see assessor.vlm.parse)
-    "qdeepsight": ("json",),
-    "qinsight": ("rating",),
-    "visualquality-r1": ("number",),
-    "plain": ("number",),
-}
 
 
 def schedule(start: float, end: float, progress: float, until: float, kind: str) -> float:

@@ -37,6 +37,7 @@ import torch
 
 from ..imageio import ImageError, check_image_size
 from ..vlm.loop import LoopConfig, Trajectory
+from ..vlm.prompts import get_prompt_style
 from . import egf as egf_mod
 from . import pcr
 from .config import TrainConfig, config_to_yaml
@@ -372,7 +373,7 @@ class GRPOTrainer:
                 plan.append((s, slots))
         if not requests:
             return 0
-        prefix = egf_mod.probe_prefix(self.config.rollout.prompt_style)
+        prefix = get_prompt_style(self.config.rollout.prompt_style).probe_prefix
         with self.generation_context() as model:
             probs = rating_probes(model, self.transport, requests, prefix, self.config.egf.probe_batch)
         beliefs = [egf_mod.expected_score(p) for p in probs]
@@ -383,7 +384,7 @@ class GRPOTrainer:
     def score(self, groups: list[list[Sample]], progress: float) -> None:
         cfg = self.config.pcr
         tau = pcr.tau_at(cfg, progress)
-        formats = pcr.STYLE_FORMATS.get(self.config.rollout.prompt_style, ())
+        formats = get_prompt_style(self.config.rollout.prompt_style).answer_formats
         live = [g for g in groups if g]
         ranks = (
             pcr.ranking_rewards([[s.pred for s in g] for g in live], [g[0].mos for g in live], cfg.rank_eps)

@@ -94,6 +94,10 @@ class PromptStyle:
     system: str | None  # None: the chat template's default system message
     user: str  # may use {width} and {height}: the size of the image as the model sees it
     answer_example: str  # repeated in corrections, in the format the model knows
+    # EGF appends this to a trajectory to read the model's belief: the answer's opening up to the score
+    probe_prefix: str
+    # the ParsedAnswer formats (see assessor.vlm.parse) this style asks for: PCR pays only these in full
+    answer_formats: tuple[str, ...]
 
     def user_text(self, frame_size: tuple[int, int]) -> str:
         return self.user.format(width=frame_size[0], height=frame_size[1])
@@ -105,10 +109,33 @@ PROMPT_STYLES: dict[str, PromptStyle] = {
         QDEEPSIGHT_SYSTEM,
         QDEEPSIGHT_USER,
         '<answer>\n{"score": 3.25, "regions": []}\n</answer>',
+        probe_prefix='<answer>\n{"score": ',
+        answer_formats=("json",),
     ),
-    "qinsight": PromptStyle("qinsight", None, QINSIGHT_USER, '<answer>{"rating": 3.25}</answer>'),
-    "visualquality-r1": PromptStyle("visualquality-r1", None, VISUALQUALITY_R1_USER, "<answer>3.25</answer>"),
-    "plain": PromptStyle("plain", None, PLAIN_USER, "<answer>3.25</answer>"),
+    "qinsight": PromptStyle(
+        "qinsight",
+        None,
+        QINSIGHT_USER,
+        '<answer>{"rating": 3.25}</answer>',
+        probe_prefix='<answer>{"rating": ',
+        answer_formats=("rating",),
+    ),
+    "visualquality-r1": PromptStyle(
+        "visualquality-r1",
+        None,
+        VISUALQUALITY_R1_USER,
+        "<answer>3.25</answer>",
+        probe_prefix="<answer>",
+        answer_formats=("number",),
+    ),
+    "plain": PromptStyle(
+        "plain",
+        None,
+        PLAIN_USER,
+        "<answer>3.25</answer>",
+        probe_prefix="<answer>",
+        answer_formats=("number",),
+    ),
 }
 
 
