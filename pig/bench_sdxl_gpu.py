@@ -15,162 +15,32 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-SDXL_UNET = dict(
-    sample_size=128,
-    in_channels=4,
-    out_channels=4,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    block_out_channels=(320, 640, 1280),
-    layers_per_block=2,
-    attention_head_dim=(5, 10, 20),
-    transformer_layers_per_block=(1, 2, 10),
-    cross_attention_dim=2048,
-    use_linear_projection=True,
-    addition_embed_type="text_time",
-    addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816,
-)
-SDXL_VAE = dict(
-    block_out_channels=(128, 256, 512, 512),
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    latent_channels=4,
-    layers_per_block=2,
-    sample_size=1024,
-    scaling_factor=0.13025,
-    force_upcast=False,
-)
-TE1 = dict(
-    hidden_size=768,
-    intermediate_size=3072,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    hidden_act="quick_gelu",
-    projection_dim=768,
-)
-TE2 = dict(
-    hidden_size=1280,
-    intermediate_size=5120,
-    num_hidden_layers=32,
-    num_attention_heads=20,
-    hidden_act="gelu",
-    projection_dim=1280,
-)
+from .refiners.sdxl_random import SDXL, TINY, SDXLSizes, assemble_pipeline, build_components
 
-TINY_UNET = dict(
-    SDXL_UNET,
-    sample_size=16,
-    block_out_channels=(32, 32, 64),
-    attention_head_dim=(2, 4, 4),
-    transformer_layers_per_block=(1, 1, 1),
-    cross_attention_dim=80,
-    addition_time_embed_dim=8,
-    projection_class_embeddings_input_dim=6 * 8 + 48,
-    norm_num_groups=16,
+# --tiny: the tests' tiny models (``sdxl_random.TINY``), with the UNet and VAE sized for a 128 px
+# image and a 2-layer text encoder 2 (nothing here loads a single file).
+BENCH_TINY = SDXLSizes(
+    unet=dict(TINY.unet, sample_size=16),
+    vae=dict(
+        SDXL.vae, block_out_channels=(16, 16, 32, 32), layers_per_block=1, norm_num_groups=16, sample_size=128
+    ),
+    text_encoder=TINY.text_encoder,
+    text_encoder_2=dict(TINY.text_encoder_2, num_hidden_layers=2),
 )
-TINY_VAE = dict(
-    SDXL_VAE, block_out_channels=(16, 16, 32, 32), layers_per_block=1, norm_num_groups=16, sample_size=128
-)
-TINY_TE1 = dict(
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    hidden_act="gelu",
-    projection_dim=32,
-)
-TINY_TE2 = dict(
-    hidden_size=48,
-    intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    hidden_act="gelu",
-    projection_dim=48,
-)
-
-
-def _tokenizer(directory: Path):
-    """A byte-level CLIP vocabulary (no merges): prompts tokenize, nothing is downloaded."""
-    from transformers import CLIPTokenizer
-
-    bs = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    alphabet = sorted(chr(c) for c in cs)
-    vocab = {s: i for i, s in enumerate(alphabet)}
-    vocab.update({s + "</w>": len(alphabet) + i for i, s in enumerate(alphabet)})
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (directory / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (directory / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-    return CLIPTokenizer.from_pretrained(str(directory), local_files_only=True, model_max_length=77)
 
 
 def build_pipeline(tiny: bool, device: str, dtype):
-    import torch
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionXLInpaintPipeline,
-        UNet2DConditionModel,
+    """The inpainting pipeline (one seed for all four models) and the UNet's parameter count."""
+    components = build_components(
+        BENCH_TINY if tiny else SDXL, seed=0, seed_each=False, device=device, dtype=dtype
     )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    tok = _tokenizer(Path(tempfile.mkdtemp(prefix="pig-bench-tok-")))
-    vocab = len(tok)
-
-    def text_cfg(spec):
-        return CLIPTextConfig(
-            **spec,
-            max_position_embeddings=77,
-            vocab_size=vocab,
-            bos_token_id=vocab - 2,
-            eos_token_id=vocab - 1,
-            pad_token_id=vocab - 1,
-        )
-
-    torch.manual_seed(0)
-    with torch.device(device):  # random init straight on the GPU: seconds, not minutes
-        unet = UNet2DConditionModel(**(TINY_UNET if tiny else SDXL_UNET))
-        vae = AutoencoderKL(**(TINY_VAE if tiny else SDXL_VAE))
-        te1 = CLIPTextModel(text_cfg(TINY_TE1 if tiny else TE1))
-        te2 = CLIPTextModelWithProjection(text_cfg(TINY_TE2 if tiny else TE2))
-    for m in (unet, vae, te1, te2):
-        m.to(dtype=dtype).eval()
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        timestep_spacing="leading",
-        steps_offset=1,
-    )
-    pipe = StableDiffusionXLInpaintPipeline(
-        vae=vae,
-        text_encoder=te1,
-        text_encoder_2=te2,
-        tokenizer=tok,
-        tokenizer_2=tok,
-        unet=unet,
-        scheduler=scheduler,
-        requires_aesthetics_score=False,
-    )
-    return pipe, sum(p.numel() for p in unet.parameters())
+    pipe = assemble_pipeline(components, "inpaint")
+    return pipe, sum(p.numel() for p in components["unet"].parameters())
 
 
 def main(argv: list[str] | None = None) -> int:

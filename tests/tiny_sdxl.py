@@ -4,154 +4,61 @@
     write_tiny_single_file(path, dir)          -> one .safetensors in the original (LDM) key layout
     tiny_sdxl_components(inpaint=False)        -> the components as objects (unet, vae, text encoders, ...)
 
-The topology is SDXL's own (UNet: 3 levels, 2 layers each, plain first level, text-time
-conditioning; VAE: 4 levels, so latents are 1/8 of the image; two CLIP text encoders of different
-widths, the second with a projection) at a few channels, so that diffusers' single-file loader
-accepts the checkpoint. The CLIP tokenizer is a hand-written byte-level vocabulary.
+The configs and builders live in ``pig.refiners.sdxl_random`` (the GPU timing script builds the
+real size from them); SDXL's topology at a few channels, so that diffusers' single-file loader
+accepts the checkpoint. The converters to the original key layout are test-only and stay here.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-TE1_WIDTH = 32  # text encoder 1 (CLIP ViT-L in the real model: 768)
-TE2_WIDTH = 48  # text encoder 2 (OpenCLIP bigG: 1280); must differ from TE1_WIDTH
-TE2_LAYERS = 10  # the single-file loader recognises SDXL by text encoder 2's 10th block
-TIME_DIM = 8  # addition_time_embed_dim (256 in the real model)
+from pig.refiners import sdxl_random
+from pig.refiners.sdxl_random import TINY, assemble_pipeline, build_components, write_clip_tokenizer
 
+TE1_WIDTH = sdxl_random.TINY_TE1_WIDTH
+TE2_WIDTH = sdxl_random.TINY_TE2_WIDTH
+TE2_LAYERS = sdxl_random.TINY_TE2_LAYERS
+TIME_DIM = sdxl_random.TINY_TIME_DIM
 
-def write_clip_tokenizer(directory: str | os.PathLike) -> Path:
-    """A byte-level CLIP vocabulary: 256 byte symbols, the same with ``</w>``, BOS and EOS; no merges."""
-    from tokenizers.pre_tokenizers import ByteLevel
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    alphabet = sorted(ByteLevel.alphabet())
-    vocab: dict[str, int] = {}
-    for symbol in alphabet:
-        vocab[symbol] = len(vocab)
-    for symbol in alphabet:
-        vocab[symbol + "</w>"] = len(vocab)
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (directory / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (directory / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-    return directory
-
-
-def _text_config(width: int, layers: int, vocab_size: int):
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(
-        hidden_size=width,
-        intermediate_size=2 * width,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        vocab_size=vocab_size,
-        projection_dim=width,
-        hidden_act="gelu",
-        bos_token_id=vocab_size - 2,
-        eos_token_id=vocab_size - 1,
-        pad_token_id=vocab_size - 1,
-    )
+__all__ = [
+    "TE1_WIDTH",
+    "TE2_LAYERS",
+    "TE2_WIDTH",
+    "TIME_DIM",
+    "build_tiny_sdxl",
+    "tiny_sdxl_components",
+    "tiny_sdxl_pipeline",
+    "unet_config",
+    "vae_config",
+    "write_clip_tokenizer",
+    "write_tiny_single_file",
+]
 
 
 def unet_config(inpaint: bool = False) -> dict:
-    return dict(
-        sample_size=8,
-        in_channels=9 if inpaint else 4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(32, 32, 64),
-        layers_per_block=2,
-        attention_head_dim=(2, 4, 4),
-        transformer_layers_per_block=(1, 1, 1),
-        cross_attention_dim=TE1_WIDTH + TE2_WIDTH,
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=TIME_DIM,
-        projection_class_embeddings_input_dim=6 * TIME_DIM + TE2_WIDTH,
-        norm_num_groups=16,
-    )
+    return sdxl_random.unet_config(TINY, inpaint)
 
 
 def vae_config() -> dict:
-    return dict(
-        block_out_channels=(16, 16, 32, 32),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=16,
-        sample_size=64,
-        scaling_factor=0.13025,
-        force_upcast=False,
-    )
+    return dict(TINY.vae)
 
 
 def tiny_sdxl_components(inpaint: bool = False, seed: int = 0, tokenizer_dir: str | None = None) -> dict:
     """The seven components of an SDXL pipeline, tiny and randomly initialised (deterministic)."""
-    import tempfile
-
-    import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    tok_dir = tokenizer_dir or tempfile.mkdtemp(prefix="tiny-clip-tok-")
-    write_clip_tokenizer(tok_dir)
-    tokenizer = CLIPTokenizer.from_pretrained(tok_dir, local_files_only=True, model_max_length=77)
-    vocab = len(tokenizer)
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**unet_config(inpaint))
-    torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(**vae_config())
-    torch.manual_seed(seed + 2)
-    te1 = CLIPTextModel(_text_config(TE1_WIDTH, 2, vocab))
-    torch.manual_seed(seed + 3)
-    te2 = CLIPTextModelWithProjection(_text_config(TE2_WIDTH, TE2_LAYERS, vocab))
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        timestep_spacing="leading",
-        steps_offset=1,
-    )
-    return {
-        "unet": unet.eval(),
-        "vae": vae.eval(),
-        "text_encoder": te1.eval(),
-        "text_encoder_2": te2.eval(),
-        "tokenizer": tokenizer,
-        "tokenizer_2": tokenizer,
-        "scheduler": scheduler,
-    }
+    return build_components(TINY, inpaint=inpaint, seed=seed, tokenizer_dir=tokenizer_dir)
 
 
 def tiny_sdxl_pipeline(inpaint: bool = False, seed: int = 0):
     """A StableDiffusionXLInpaintPipeline over tiny components (in memory)."""
-    from diffusers import StableDiffusionXLInpaintPipeline
-
-    pipe = StableDiffusionXLInpaintPipeline(
-        **tiny_sdxl_components(inpaint, seed), requires_aesthetics_score=False
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return assemble_pipeline(tiny_sdxl_components(inpaint, seed), "inpaint", progress_bar=False)
 
 
 def build_tiny_sdxl(directory: str | os.PathLike, inpaint: bool = False, seed: int = 0) -> Path:
     """Save a tiny SDXL (base, or inpainting with a 9-channel UNet) as a diffusers folder."""
-    from diffusers import StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline
-
     directory = Path(directory)
-    comps = tiny_sdxl_components(inpaint, seed)
-    cls = StableDiffusionXLInpaintPipeline if inpaint else StableDiffusionXLPipeline
-    pipe = cls(**comps)
+    pipe = assemble_pipeline(tiny_sdxl_components(inpaint, seed), "inpaint" if inpaint else "text2img")
     pipe.save_pretrained(directory, safe_serialization=True)
     return directory
 
