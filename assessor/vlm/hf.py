@@ -819,9 +819,6 @@ class VLMAssessor(LoopAssessor):
     def processor(self):
         return self.transport.processor
 
-    def frame_size(self, image: np.ndarray) -> tuple[int, int]:
-        return self.transport.frame_size(image)
-
     def close(self) -> None:
         self.transport.model = None
         if torch.cuda.is_available():

@@ -256,6 +256,9 @@ class Transport(Protocol):
     def open(self, trajectories: list[Trajectory]) -> TransportBatch:
         """Start a batch; must set ``frame_size`` on each trajectory (what its model will see)."""
 
+    def frame_size(self, image: np.ndarray) -> tuple[int, int]:
+        """The size of ``image`` as the model will see it (its processor's resize)."""
+
 
 # --------------------------------------------------------------------------------------------
 # the loop
@@ -578,7 +581,7 @@ class LoopAssessor(AssessorBackend):
 
     def frame_size(self, image: np.ndarray) -> tuple[int, int]:
         """The size of ``image`` as the model will see it (its processor's resize)."""
-        raise NotImplementedError
+        return self.transport.frame_size(image)
 
     def assess(self, image: np.ndarray) -> Diagnosis:
         result = self.assess_results([image])[0]

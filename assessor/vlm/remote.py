@@ -308,6 +308,3 @@ class OpenAIAssessor(LoopAssessor):
             raise RuntimeError(f"cannot ask the server which model it serves ({exc}); pass --model") from None
         except (KeyError, IndexError, TypeError):
             raise RuntimeError(f"{client.base_url}/models lists no model; pass --model") from None
-
-    def frame_size(self, image: np.ndarray) -> tuple[int, int]:
-        return self.transport.frame_size(image)
