@@ -4,6 +4,7 @@ is an honest think-with-images loop."""
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 
@@ -131,3 +132,23 @@ def test_classical_path_does_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_soft_areas_running_out_of_frame_are_depth_of_field_once_the_photo_shows_it(critic):
+    """A photo with a defocused background: a softer strip along its edge (an ear, a shoulder nearer
+    the lens) is more depth of field. The same strip in a photo sharp everywhere else is damage."""
+    sharp = benchdata.dead_leaves((512, 384), np.random.default_rng(3), r_min=2, r_max=40)
+    background = sharp.copy()
+    background[:, 384:] = cv2.GaussianBlur(sharp, (0, 0), 6.0)[:, 384:]  # a quarter of the frame
+
+    def with_strip(img: np.ndarray) -> np.ndarray:
+        out = img.copy()
+        out[30:330, :60] = cv2.GaussianBlur(img, (0, 0), 3.0)[30:330, :60]
+        return out
+
+    def strip_blur(img: np.ndarray) -> list:
+        d = critic.assess(with_strip(img))
+        return [r for r in d.regions if r.distortion == "blur" and r.bbox[0] < 60 and r.severity >= 0.5]
+
+    assert strip_blur(sharp)
+    assert not strip_blur(background)

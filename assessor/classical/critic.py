@@ -119,6 +119,18 @@ def _tile_for(h: int, w: int, preferred: int) -> int:
     return max(8, t - t % 8)
 
 
+def _runs_out_of_frame(tiles: np.ndarray, size: tuple[int, int], tile: int, min_run: int = 3) -> bool:
+    """Whether at least ``min_run`` of the ``tiles`` line one edge of the image (the grid drops a
+    ragged remainder at the bottom and right: those edges count only when it is under half a tile)."""
+    h, w = size
+    edges = [tiles[0], tiles[:, 0]]
+    if h - tiles.shape[0] * tile < tile / 2:
+        edges.append(tiles[-1])
+    if w - tiles.shape[1] * tile < tile / 2:
+        edges.append(tiles[:, -1])
+    return max(int(e.sum()) for e in edges) >= min_run
+
+
 def _select(centres: tuple[np.ndarray, np.ndarray], box) -> np.ndarray:
     """Tiles (by their centres (cy, cx)) that lie inside ``box`` (x0, y0, x1, y1)."""
     cy, cx = centres
@@ -172,6 +184,7 @@ class ClassicalAssessor(AssessorBackend):
         dof = np.zeros_like(soft_map)
         rows, cols = soft_map.shape
         if sharp_ref < 1.0:
+            at_border_soft = []
             for k in range(1, n):
                 member = labels == k
                 soft_sig = sig[soft_map & member]
@@ -184,6 +197,13 @@ class ClassicalAssessor(AssessorBackend):
                 # out of the frame; a damaged patch is soft evenly and sits inside it
                 graded = np.percentile(soft_sig, 80) >= 1.8 * np.percentile(soft_sig, 20)
                 if share >= cfg.dof_area or (at_border and (share >= 0.15 or graded)):
+                    dof |= member
+                elif share >= 0.04 and _runs_out_of_frame(soft_map & member, look.shape[:2], tile):
+                    at_border_soft.append(member)
+            # once the photo shows depth of field, smaller soft areas running out of the frame are
+            # more of it (an ear or a shoulder nearer the lens than the focal plane)
+            if dof.any():
+                for member in at_border_soft:
                     dof |= member
         return Look(
             scale=scale,
