@@ -163,3 +163,17 @@ def test_benchmark_helpers(capsys):
     assert print_report(res) is True and "MISSED" not in capsys.readouterr().out
     res["clean_min_ssim"] = TARGETS["clean_min_ssim"] - 0.01
     assert print_report(res) is False and "MISSED" in capsys.readouterr().out
+
+
+def test_oracle_gain_refines_the_true_region_once():
+    """The oracle figure: the refiner alone, given the degraded region and its type."""
+    from assessor import benchdata
+    from assessor.degrade import degrade_region
+    from pig.benchmark import oracle_gain
+    from pig.refiners.classical import ClassicalRefiner
+
+    clean = benchdata.load_photo("astronaut")
+    box = (260, 40, 440, 200)
+    d = degrade_region(clean, "noise", 4, box, np.random.default_rng(1))
+    case = benchdata.Case("astronaut/local-noise", d.image, clean, "noise", 4, d.box, d.mask)
+    assert oracle_gain(case, ClassicalRefiner()) > 3.0  # dB: NLM inside the box takes most grain away
