@@ -152,3 +152,14 @@ def test_soft_areas_running_out_of_frame_are_depth_of_field_once_the_photo_shows
 
     assert strip_blur(sharp)
     assert not strip_blur(background)
+
+
+def test_warm_light_is_tolerated_more_than_a_cool_tint_of_the_same_strength(critic):
+    camera = benchdata.load_photo("camera")
+    looks = {}
+    for cast in ("warm", "cool"):
+        look = critic._global_look(apply_distortion(camera, "color_cast", 3, cast=cast))
+        looks[cast] = (look.cast, critic._global_suspicions(look)["color_cast"])
+    (warm_cue, warm_sev), (cool_cue, cool_sev) = looks["warm"], looks["cool"]
+    assert abs(warm_cue - cool_cue) < 0.1 * cool_cue  # the same measured strength ...
+    assert 0.15 < warm_sev < 0.8 * cool_sev  # ... graded milder, still reported

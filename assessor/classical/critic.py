@@ -28,6 +28,8 @@ from ..zoom import Zoom, box_iou, crop_zoom
 from . import cues
 from .severity import area_weight, score_from, severity
 
+WARM_TOLERANCE = 1.5  # a warm light counts as a cast this many times weaker (whole-image grade)
+
 
 @dataclass
 class ClassicalConfig:
@@ -129,6 +131,11 @@ def _runs_out_of_frame(tiles: np.ndarray, size: tuple[int, int], tile: int, min_
     if w - tiles.shape[1] * tile < tile / 2:
         edges.append(tiles[:, -1])
     return max(int(e.sum()) for e in edges) >= min_run
+
+
+def _warm(light: np.ndarray) -> bool:
+    """A light redder than green, greener than blue: tungsten, candles, golden hour."""
+    return bool(light[0] > light[1] > light[2])
 
 
 def _select(centres: tuple[np.ndarray, np.ndarray], box) -> np.ndarray:
@@ -236,7 +243,9 @@ class ClassicalAssessor(AssessorBackend):
             # lifted blacks separate a washed-out image from a dark one (whose blacks stay black)
             "low_contrast": severity("low_contrast", e.p99 - e.p01)
             * float(np.clip((e.p01 - 0.03) / 0.08, 0, 1)),
-            "color_cast": severity("color_cast", look.cast),
+            # warm light is often the scene's own (a lamp-lit room, a sunset) and viewers accept it
+            # far more than a green, magenta or blue tint of the same strength
+            "color_cast": severity("color_cast", look.cast / (WARM_TOLERANCE if _warm(look.light) else 1.0)),
             "artifact": severity("artifact", look.occupancy_global),
         }
 
