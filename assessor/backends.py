@@ -5,12 +5,13 @@ Backends are imported lazily: the classical one must not pay for torch at start-
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from .schema import Diagnosis
+from .schema import Diagnosis, Region, TraceStep
 
 BACKENDS: tuple[str, ...] = ("classical", "learned", "vlm", "openai", "brisque")
 
@@ -29,6 +30,38 @@ class AssessorBackend:
 
     def close(self) -> None:
         """Free models and connections (no-op for weight-free backends)."""
+
+    def conclude(
+        self,
+        score: float,
+        regions: list[Region],
+        trace: list[TraceStep],
+        image_size: tuple[int, int],
+        thought: str,
+        t0: float,
+        t_look: float,
+    ) -> Diagnosis:
+        """The think-with-images critics' last step: worst regions first, the verdict as the trace's
+        last step, and the time spent looking at the whole image (``t0`` .. ``t_look``) and zooming."""
+        regions.sort(key=lambda r: -r.severity)
+        worst = ", ".join(f"{r.distortion} {r.severity:.2f}" for r in regions[:3]) or "nothing significant"
+        w, h = image_size
+        trace.append(
+            TraceStep(thought=thought, observation=f"score {score:.2f}; {worst}.", view=[0, 0, w, h])
+        )
+        t_end = time.perf_counter()
+        return Diagnosis(
+            score=round(score, 4),
+            regions=regions,
+            trace=trace,
+            backend=self.name,
+            image_size=(w, h),
+            timings={
+                "look_s": round(t_look - t0, 4),
+                "zoom_s": round(t_end - t_look, 4),
+                "total_s": round(t_end - t0, 4),
+            },
+        )
 
 
 def load_assessor(backend: str = "classical", **options: Any) -> AssessorBackend:

@@ -789,26 +789,6 @@ class ClassicalAssessor(AssessorBackend):
             ):
                 regions.append(Region(list(f.box), f.distortion, round(f.severity, 3), f.reason))
 
-        score = score_from(findings)
-        regions.sort(key=lambda r: -r.severity)
-        worst = ", ".join(f"{r.distortion} {r.severity:.2f}" for r in regions[:3]) or "nothing significant"
-        trace.append(
-            TraceStep(
-                thought="Verdict from what was confirmed.",
-                observation=f"score {score:.2f}; {worst}.",
-                view=full,
-            )
-        )
-        t_end = time.perf_counter()
-        return Diagnosis(
-            score=round(score, 4),
-            regions=regions,
-            trace=trace,
-            backend=self.name,
-            image_size=(w, h),
-            timings={
-                "look_s": round(t_look - t0, 4),
-                "zoom_s": round(t_end - t_look, 4),
-                "total_s": round(t_end - t0, 4),
-            },
+        return self.conclude(
+            score_from(findings), regions, trace, (w, h), "Verdict from what was confirmed.", t0, t_look
         )

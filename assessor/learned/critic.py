@@ -440,31 +440,17 @@ class LearnedAssessor(AssessorBackend):
             a = (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]) / float(w * h)
             damage[k] = max(damage[k], f.severity * area_weight(a))
 
-        score = score_from_damage(damage)
         regions = [
             Region(list(f.box), f.distortion, round(float(np.clip(f.severity, 0, 1)), 3), f.reason)
             for f in findings
             if f.severity >= cfg.min_severity
         ]
-        regions.sort(key=lambda r: -r.severity)
-        worst = ", ".join(f"{r.distortion} {r.severity:.2f}" for r in regions[:3]) or "nothing significant"
-        trace.append(
-            TraceStep(
-                thought="Verdict from the whole-image damage and what the zooms confirmed.",
-                observation=f"score {score:.2f}; {worst}.",
-                view=list(full),
-            )
-        )
-        t_end = time.perf_counter()
-        return Diagnosis(
-            score=round(score, 4),
-            regions=regions,
-            trace=trace,
-            backend=self.name,
-            image_size=(w, h),
-            timings={
-                "look_s": round(t_look - t0, 4),
-                "zoom_s": round(t_end - t_look, 4),
-                "total_s": round(t_end - t0, 4),
-            },
+        return self.conclude(
+            score_from_damage(damage),
+            regions,
+            trace,
+            (w, h),
+            "Verdict from the whole-image damage and what the zooms confirmed.",
+            t0,
+            t_look,
         )
