@@ -20,7 +20,7 @@ COLOURS = {
 }
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def label_font(size: int) -> ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
@@ -33,7 +33,7 @@ def annotate(image: np.ndarray, diagnosis: Diagnosis, *, max_regions: int = 12) 
     w, h = img.size
     draw = ImageDraw.Draw(img)
     line = max(2, round(min(w, h) / 250))
-    font = _font(max(11, round(min(w, h) / 40)))
+    font = label_font(max(11, round(min(w, h) / 40)))
     for region in sorted(diagnosis.regions, key=lambda r: -r.severity)[:max_regions]:
         colour = COLOURS.get(region.distortion, (255, 255, 255))
         x0, y0, x1, y1 = region.bbox

@@ -166,10 +166,15 @@ def crop_zoom(
     )
 
 
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two boxes (x0, y0, x1, y1); 0 when both are empty."""
+def box_intersection(a: Sequence[float], b: Sequence[float]) -> float:
+    """Area shared by two boxes (x0, y0, x1, y1); 0 when they do not overlap."""
     ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
+    return ix * iy
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two boxes (x0, y0, x1, y1); 0 when both are empty."""
+    inter = box_intersection(a, b)
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0

@@ -28,9 +28,10 @@ from assessor import benchdata
 from assessor.backends import BACKENDS, load_assessor
 from assessor.metrics import psnr, ssim
 from assessor.schema import Diagnosis, Region
+from assessor.zoom import box_intersection
 
 from .controller import refine_image
-from .plan import _overlap, make_plan
+from .plan import make_plan
 from .refiners import REFINERS, load_refiner
 
 TARGETS = {"local_mean_gain_db": 1.0, "local_improved": 0.65, "clean_min_ssim": 0.98}
@@ -51,7 +52,7 @@ def blind_enhance(rgb: np.ndarray) -> np.ndarray:
 
 
 def _overlaps(a, b) -> bool:
-    return _overlap(a, b) > 0.25 * min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return box_intersection(a, b) > 0.25 * min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
 
 
 def oracle_gain(case, refiner, seed: int = 0) -> float:

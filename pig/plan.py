@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from assessor.schema import DISTORTIONS, Diagnosis, Region
+from assessor.zoom import box_intersection
 
 from .paste import mask_bbox
 
@@ -209,8 +210,8 @@ def make_plan(
         inside = [
             (i, r)
             for i, r in enumerate(diagnosis.regions)
-            if _overlap(r.bbox, box) > 0 and not r.is_global((w, h))
-        ] or [(i, r) for i, r in enumerate(diagnosis.regions) if _overlap(r.bbox, box) > 0]
+            if box_intersection(r.bbox, box) > 0 and not r.is_global((w, h))
+        ] or [(i, r) for i, r in enumerate(diagnosis.regions) if box_intersection(r.bbox, box) > 0]
         if inside:
             _, worst = max(inside, key=lambda ir: ir[1].severity)
             distortion, sev = worst.distortion, max(worst.severity, min_severity)
@@ -249,9 +250,3 @@ def make_plan(
             RegionPlan(region, mask, op, strength_for(region.severity, op, strengths), pos, neg, index=i)
         )
     return RefinePlan((w, h), plans)
-
-
-def _overlap(a, b) -> int:
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    return ix * iy

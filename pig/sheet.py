@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from assessor.annotate import _font, annotate
+from assessor.annotate import annotate, label_font
 from assessor.schema import Diagnosis
 
 
@@ -28,7 +28,7 @@ def contact_sheet(
     h, w = before.shape[:2]
     scale = min(1.0, panel_height / float(h))
     pw, ph = max(1, round(w * scale)), max(1, round(h * scale))
-    font = _font(max(12, ph // 28))
+    font = label_font(max(12, ph // 28))
     bar = max(20, ph // 14)
     gap = 8
     sheet = Image.new("RGB", (3 * pw + 4 * gap, ph + bar + 2 * gap), (24, 24, 24))
