@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from assessor.classical.cues import IMMERKAER
+from assessor.classical.cues import IMMERKAER, IMMERKAER_GAIN
 from assessor.degrade import linear_to_srgb, srgb_to_linear
 
 LUMA = np.array([0.299, 0.587, 0.114])
@@ -76,7 +76,7 @@ def noise_sigma(rgb: np.ndarray, sel: np.ndarray | None = None, tile: int = 24) 
         resp += np.abs(
             cv2.filter2D(rgb[:, :, c].astype(np.float32), -1, IMMERKAER, borderType=cv2.BORDER_REFLECT)
         )
-    resp *= np.sqrt(np.pi / 2.0) / 6.0 / 3.0
+    resp *= IMMERKAER_GAIN / 3.0  # mean over the three channels
     sel = np.ones(rgb.shape[:2], bool) if sel is None else sel
     tile = int(min(tile, max(8, min(rgb.shape[:2]) // 3)))
     vals = _grid_values(resp, sel, tile)
