@@ -28,7 +28,7 @@ from ..zoom import Zoom, box_iou, crop_zoom
 from . import cues
 from .severity import area_weight, score_from, severity
 
-WARM_TOLERANCE = 1.5  # a warm light counts as a cast this many times weaker (whole-image grade)
+WARM_TOLERANCE = 2.0  # a warm light counts as a cast this many times weaker (whole-image grade)
 
 
 @dataclass
