@@ -169,3 +169,16 @@ def test_warm_light_is_tolerated_more_than_a_cool_tint_of_the_same_strength(crit
     (warm_cue, warm_sev), (cool_cue, cool_sev) = looks["warm"], looks["cool"]
     assert abs(warm_cue - cool_cue) < 0.1 * cool_cue  # the same measured strength ...
     assert 0.15 < warm_sev < 0.8 * cool_sev  # ... graded milder, still reported
+
+
+def test_banding_is_found_even_when_the_zoom_context_is_banded_too(critic):
+    # the candidate covers part of a posterized sky; its zoom context lies inside the defect too
+    rocket = benchdata.load_photo("rocket")
+    box = (233, 10, 367, 102)
+    d = critic.assess(degrade_region(rocket, "artifact", 3, box).image)
+    x0, y0, x1, y1 = box
+    centre_in = [
+        x0 <= (r.bbox[0] + r.bbox[2]) / 2 < x1 and y0 <= (r.bbox[1] + r.bbox[3]) / 2 < y1 for r in d.regions
+    ]
+    hits = [r for r, c in zip(d.regions, centre_in) if c and r.distortion == "artifact"]
+    assert hits, d.regions

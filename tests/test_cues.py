@@ -6,7 +6,7 @@ import pytest
 
 from assessor import benchdata
 from assessor.classical import cues
-from assessor.degrade import apply_distortion
+from assessor.degrade import apply_distortion, degrade_region
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +109,19 @@ def test_summarize_inside_and_ring():
     assert i["tiles"] == 4 and r["tiles"] == 12
     assert i["clipped"] == pytest.approx(1.0) and r["clipped"] == pytest.approx(0.0)
     assert i["mean"] > r["mean"]
+
+
+def test_banding_also_reads_flat_tiles_next_to_a_band_border_but_not_grain_or_one_flat_fill():
+    rocket = benchdata.load_photo("rocket")  # a dusk sky: smooth, narrow tonal range, fine grain
+    box = (233, 10, 367, 102)
+    banded = degrade_region(rocket, "artifact", 3, box).image  # the sky in flat bands
+    x0, y0, x1, y1 = (v // 32 for v in box)
+    occ = cues.occupancy_tiles(banded[..., 1], 32)[y0:y1, x0:x1]
+    band = cues.banding_tiles(banded, 32)[y0:y1, x0:x1]
+    # a tile inside one band spans too few grey levels for occupancy to tell; banding sees the
+    # band border half a tile away, and grades it as heavy banding
+    added = np.isfinite(band) & np.isnan(occ)
+    assert added.sum() >= 2 and band[added].max() < 0.12
+    assert not np.isfinite(cues.banding_tiles(rocket, 32)[y0:y1, x0:x1]).any()  # grain: no plateaus
+    fill = np.full((64, 256, 3), 180, np.uint8)  # one flat colour: a fill, not banding
+    assert not np.isfinite(cues.banding_tiles(fill, 32)).any()

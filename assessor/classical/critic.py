@@ -28,6 +28,7 @@ from ..zoom import Zoom, box_iou, crop_zoom
 from . import cues
 from .severity import area_weight, score_from, severity
 
+JPEG_PLATEAUS = 0.2  # 8x8 blockiness from which flat plateaus are read as compression, not banding
 WARM_TOLERANCE = 2.0  # a warm light counts as a cast this many times weaker (whole-image grade)
 
 
@@ -216,7 +217,7 @@ class ClassicalAssessor(AssessorBackend):
             scale=scale,
             stats=stats,
             block=block,
-            occupancy=cues.occupancy_tiles(rgb[..., 1], native_tile),
+            occupancy=self._levels(rgb, native_tile, block_global),
             native_tile=native_tile,
             block_global=block_global,
             phase=phase,
@@ -231,6 +232,14 @@ class ClassicalAssessor(AssessorBackend):
             soft_fraction=float(soft.mean()) if edges.sum() >= 4 else 0.0,
             dof=dof,
         )
+
+    @staticmethod
+    def _levels(rgb: np.ndarray, tile: int, block_global: float) -> np.ndarray:
+        """Grey-level occupancy per tile; flat bands count too, unless the image is blocky (heavy
+        JPEG flattens blocks into plateaus of its own)."""
+        if block_global < JPEG_PLATEAUS:
+            return cues.banding_tiles(rgb, tile)
+        return cues.occupancy_tiles(rgb[..., 1], tile)
 
     def _global_suspicions(self, look: Look) -> dict[str, float]:
         e = look.exposure
@@ -425,7 +434,7 @@ class ClassicalAssessor(AssessorBackend):
             phase = ((look.phase[0] - zoom.box[0]) % 8, (look.phase[1] - zoom.box[1]) % 8)
             origin = ((7 - zoom.box[0]) % 8, (7 - zoom.box[1]) % 8)
             block = cues.blockiness(y, bt, phase, origin)[0]
-            occ = cues.occupancy_tiles(patch[..., 1], tile)
+            occ = self._levels(patch, tile, look.block_global)
             blocks = native_grid(block, bt, zoom.box[:2], zoom.to_source)
             levels = native_grid(occ, tile, zoom.box[:2], zoom.to_source)
         else:
@@ -591,7 +600,9 @@ class ClassicalAssessor(AssessorBackend):
             found.pop("blur", None)  # compression explains the lost detail
         g = z.levels
         o_ring = _pct(g.values[g.ring], 50) if g.ring.any() else look.occupancy_global
-        if not np.isfinite(o_ring) or o_ring > 0.5:
+        # banded context: the defect reaches past the zoom, unless the whole image is banded (a
+        # graphic, or a global finding)
+        if not np.isfinite(o_ring) or o_ring > 0.5 or look.occupancy_global > 0.6:
             with np.errstate(invalid="ignore"):
                 banded = g.values < 0.35
             tile_finding(

@@ -248,6 +248,33 @@ def occupancy_tiles(channel: np.ndarray, tile: int, min_width: int = 12) -> np.n
     return np.where(width >= min_width, occ, np.nan).astype(np.float32)
 
 
+def banding_tiles(rgb: np.ndarray, tile: int, min_width: int = 12, min_step: int = 3) -> np.ndarray:
+    """``occupancy_tiles`` of the green channel, extended to tiles whose tonal range is too narrow
+    to count levels in: a smooth area posterized into flat bands.
+
+    Photographs carry grain, so exact plateaus (a pixel equal to its 8 neighbours in every
+    channel, not clipped) are rare in them; banding is mostly plateaus, at two or more levels at
+    least ``min_step`` apart within half a tile around (one flat colour is a fill, not banding).
+    Such a tile reads as an occupancy of 0.01 + 0.1 x (share of pixels not on a plateau)."""
+    occ = occupancy_tiles(rgb[..., 1], tile, min_width)
+    kernel = np.ones((3, 3), np.uint8)
+    flat = np.ones(rgb.shape[:2], bool)
+    for c in range(3):
+        flat &= cv2.dilate(rgb[..., c], kernel) == cv2.erode(rgb[..., c], kernel)
+    flat &= (channel_max(rgb) < 250) & (rgb.min(axis=2) > 5)
+    share = tiles(flat, tile).mean(axis=-1)
+    g = rgb[..., 1]
+    half = tile // 2
+    for r, c in zip(*np.nonzero(~np.isfinite(occ) & (share >= 0.5))):
+        y0, x0 = max(0, r * tile - half), max(0, c * tile - half)
+        win = flat[y0 : (r + 1) * tile + half, x0 : (c + 1) * tile + half]
+        counts = np.bincount(g[y0 : (r + 1) * tile + half, x0 : (c + 1) * tile + half][win], minlength=256)
+        levels = np.nonzero(counts >= 0.05 * win.sum())[0]
+        if levels.size >= 2 and np.diff(levels).max() >= min_step:
+            occ[r, c] = 0.01 + 0.1 * (1.0 - share[r, c])
+    return occ
+
+
 def level_occupancy(channel: np.ndarray) -> float:
     """``occupancy_tiles`` for a whole channel (1.0 when its range is too narrow to tell)."""
     lo, hi = np.percentile(channel, [2, 98])
