@@ -91,8 +91,9 @@ def test_trace_is_a_look_then_zooms_then_a_verdict(critic, astronaut):
     assert zooms and all(s.tool_call.name == "crop_zoom" for s in zooms)
     noise_zoom = [s for s in zooms if "Confirmed noise" in s.observation]
     assert noise_zoom
-    # the zoom looked at the region with its context, and measured both
-    step = noise_zoom[0]
+    # the zoom looked at the region with its context, and measured both (a larger first suspect
+    # is confirmed too, on its noisy part; its inside median is diluted)
+    step = max(noise_zoom, key=lambda s: s.data["in_noise_sigma"] / s.data["ring_noise_sigma"])
     vx0, vy0, vx1, vy1 = step.view
     bx0, by0, bx1, by1 = step.tool_call.arguments["bbox_2d"]
     assert vx0 <= bx0 and vy0 <= by0 and vx1 >= bx1 and vy1 >= by1
@@ -182,3 +183,14 @@ def test_banding_is_found_even_when_the_zoom_context_is_banded_too(critic):
     ]
     hits = [r for r, c in zip(d.regions, centre_in) if c and r.distortion == "artifact"]
     assert hits, d.regions
+
+
+def test_noise_over_part_of_a_larger_suspected_region_is_confirmed_there(critic):
+    chelsea = benchdata.load_photo("chelsea")
+    true_box, suspected = (131, 74, 262, 147), (96, 32, 320, 256)  # the defect covers 19% of it
+    noisy = degrade_region(chelsea, "noise", 5, true_box, np.random.default_rng(0)).image
+    look = critic._global_look(noisy)
+    f = critic._judge(critic._measure(noisy, suspected, look), look, suspected, 0.2, set())
+    assert f.distortion == "noise" and f.severity >= 0.5, f
+    x0, y0, x1, y1 = f.box  # re-localized to the noisy tiles
+    assert x0 >= 100 and y0 >= 40 and x1 <= 300 and y1 <= 190, f.box

@@ -28,6 +28,7 @@ from ..zoom import Zoom, box_iou, crop_zoom
 from . import cues
 from .severity import area_weight, score_from, severity
 
+MIN_CLUSTER = 4  # noisy zoom tiles side by side that confirm noise in part of a suspected region
 JPEG_PLATEAUS = 0.2  # 8x8 blockiness from which flat plateaus are read as compression, not banding
 WARM_TOLERANCE = 2.0  # a warm light counts as a cast this many times weaker (whole-image grade)
 
@@ -515,17 +516,31 @@ class ClassicalAssessor(AssessorBackend):
             to_box,
             reason,
             relative_to=None,
+            cluster: bool = False,
         ) -> None:
             """A finding when enough of the region's tiles are bad; graded by their median value,
             less half the severity the context already has (``relative_to``) where given."""
-            n_bad = int((bad & inside).sum())
+            sel = bad & inside
+            n_bad = int(sel.sum())
             n_in = int((np.isfinite(values) & inside).sum())
-            if n_bad >= 2 and n_bad >= 0.4 * max(n_in, 1):
-                v = float(np.nanmedian(values[bad & inside]))
-                sev = severity(kind, v) - (
-                    0.5 * severity(kind, relative_to) if relative_to is not None else 0.0
-                )
-                found[kind] = Finding(kind, sev, reason(v), to_box(bad & inside), v)
+            if n_bad < 2:
+                return
+            if n_bad < 0.4 * max(n_in, 1):
+                if not cluster:
+                    return
+                # a suspected region larger than the defect: a compact group of clearly bad tiles
+                # (severity >= 0.5 on its own) is enough
+                n, labels, stats, _ = cv2.connectedComponentsWithStats(sel.astype(np.uint8), connectivity=8)
+                big = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+                sel = labels == big
+                if (
+                    stats[big, cv2.CC_STAT_AREA] < MIN_CLUSTER
+                    or severity(kind, np.nanmedian(values[sel])) < 0.5
+                ):
+                    return
+            v = float(np.nanmedian(values[sel]))
+            sev = severity(kind, v) - (0.5 * severity(kind, relative_to) if relative_to is not None else 0.0)
+            found[kind] = Finding(kind, sev, reason(v), to_box(sel), v)
 
         # blur: tiles whose edges are much wider than the context's sharpest
         ref = max(r["blur_sigma"] if np.isfinite(r["blur_sigma"]) else look.sharp_ref, 0.5)
@@ -570,6 +585,7 @@ class ClassicalAssessor(AssessorBackend):
             z.zoom_box,
             lambda v: f"grain of sigma {v:.1f} (of 255) against {nref:.1f} around it",
             relative_to=nref,
+            cluster=True,  # white, coloured grain is rarely content: a compact patch of it will do
         )
 
         # blown highlights
