@@ -194,3 +194,11 @@ def test_noise_over_part_of_a_larger_suspected_region_is_confirmed_there(critic)
     assert f.distortion == "noise" and f.severity >= 0.5, f
     x0, y0, x1, y1 = f.box  # re-localized to the noisy tiles
     assert x0 >= 100 and y0 >= 40 and x1 <= 300 and y1 <= 190, f.box
+
+
+def test_blocks_flattened_by_heavy_jpeg_are_typed_jpeg_not_banding(critic):
+    moon = benchdata.load_photo("moon")  # smooth grey surface: quality 10 leaves flat 8x8 blocks
+    box = (94, 350, 237, 511)
+    d = critic.assess(degrade_region(moon, "jpeg", 4, box).image)
+    local = [r for r in d.regions if r.bbox != [0, 0, 512, 512]]
+    assert local and local[0].distortion == "jpeg", d.regions

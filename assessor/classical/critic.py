@@ -612,8 +612,6 @@ class ClassicalAssessor(AssessorBackend):
             g.to_box,
             lambda v: f"8x8 block borders {v:.2f}x stronger than block interiors",
         )
-        if "jpeg" in found:
-            found.pop("blur", None)  # compression explains the lost detail
         g = z.levels
         o_ring = _pct(g.values[g.ring], 50) if g.ring.any() else look.occupancy_global
         # banded context: the defect reaches past the zoom, unless the whole image is banded (a
@@ -629,6 +627,9 @@ class ClassicalAssessor(AssessorBackend):
                 g.to_box,
                 lambda v: f"only {100 * v:.0f}% of grey levels used: banding / posterization",
             )
+        if "jpeg" in found:
+            found.pop("blur", None)  # compression explains the lost detail
+            found.pop("artifact", None)  # and the plateaus of the blocks it flattened
 
         # a darkened region keeps its structure (edges scale with brightness), and it sits in a lit
         # neighbourhood: dark content is often flat, and in a dark scene everything is dark on purpose
