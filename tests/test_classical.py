@@ -202,3 +202,11 @@ def test_blocks_flattened_by_heavy_jpeg_are_typed_jpeg_not_banding(critic):
     d = critic.assess(degrade_region(moon, "jpeg", 4, box).image)
     local = [r for r in d.regions if r.bbox != [0, 0, 512, 512]]
     assert local and local[0].distortion == "jpeg", d.regions
+
+
+def test_a_white_badge_blown_out_on_a_dark_cap_is_not_overexposure(critic):
+    hopper = benchdata.load_photo("hopper")  # a white cap badge, clipped, on the dark cap
+    assert not [r for r in critic.assess(hopper).regions if r.distortion == "overexposure"]
+    box = (28, 118, 177, 332)  # too much light on a region lifts its shadows: still found
+    d = critic.assess(degrade_region(hopper, "overexposure", 4, box).image)
+    assert d.regions and d.regions[0].distortion == "overexposure", d.regions

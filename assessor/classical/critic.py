@@ -588,11 +588,12 @@ class ClassicalAssessor(AssessorBackend):
             cluster=True,  # white, coloured grain is rarely content: a compact patch of it will do
         )
 
-        # blown highlights
+        # blown highlights; too much light lifts a tile's shadows too, while a white object (a badge,
+        # a sign, a lamp) blown out next to dark surroundings keeps its blacks
         clip_ref = r["clipped"]
         tile_finding(
             "overexposure",
-            (ts.clip_hi >= 0.25) & (ts.clip_hi >= clip_ref + 0.15),
+            (ts.clip_hi >= 0.25) & (ts.clip_hi >= clip_ref + 0.15) & (ts.p05 >= 0.15),
             z.inside,
             ts.clip_hi,
             z.zoom_box,
