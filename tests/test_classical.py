@@ -210,3 +210,20 @@ def test_a_white_badge_blown_out_on_a_dark_cap_is_not_overexposure(critic):
     box = (28, 118, 177, 332)  # too much light on a region lifts its shadows: still found
     d = critic.assess(degrade_region(hopper, "overexposure", 4, box).image)
     assert d.regions and d.regions[0].distortion == "overexposure", d.regions
+
+
+def test_a_defect_confirmed_by_two_zooms_counts_once(astronaut, monkeypatch):
+    from assessor.classical import ClassicalAssessor
+
+    noisy = degrade_region(astronaut, "noise", 5, (260, 40, 440, 200), np.random.default_rng(1)).image
+    critic = ClassicalAssessor()
+    candidates = critic._candidates
+    once = critic.assess(noisy)
+    # every suspect zoomed twice: the same findings, found twice
+    monkeypatch.setattr(
+        critic, "_candidates", lambda look, shape: [c for c in candidates(look, shape) for _ in (0, 1)]
+    )
+    twice = critic.assess(noisy)
+    assert len([s for s in twice.trace if s.tool_call]) > len([s for s in once.trace if s.tool_call])
+    assert twice.score == once.score
+    assert twice.regions == once.regions

@@ -780,6 +780,7 @@ class ClassicalAssessor(AssessorBackend):
                 regions.append(Region(full, kind, round(s, 3), f"whole image: {reason}"))
 
         global_kinds = {r.distortion for r in regions}
+        counted: list[tuple[str, tuple[int, int, int, int]]] = []
         for cand in self._candidates(look, (h, w)):
             if cand.distortion in global_kinds:
                 continue  # already everywhere; a local look adds nothing
@@ -810,13 +811,14 @@ class ClassicalAssessor(AssessorBackend):
                     data=numbers,
                 )
             )
-            if f.distortion:
+            # two zooms may confirm the same defect (a large suspect re-localized onto a smaller
+            # one's area): it counts once, at its first (most suspected) finding
+            if f.distortion and all(k != f.distortion or box_iou(f.box, b) < 0.5 for k, b in counted):
+                counted.append((f.distortion, f.box))
                 f_area = (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]) / float(w * h)
                 findings.append((f.severity, area_weight(f_area)))
-            if confirmed and all(
-                box_iou(f.box, r.bbox) < 0.5 or r.distortion != f.distortion for r in regions
-            ):
-                regions.append(Region(list(f.box), f.distortion, round(f.severity, 3), f.reason))
+                if confirmed:
+                    regions.append(Region(list(f.box), f.distortion, round(f.severity, 3), f.reason))
 
         return self.conclude(
             score_from(findings), regions, trace, (w, h), "Verdict from what was confirmed.", t0, t_look
