@@ -257,13 +257,14 @@ def banding_tiles(rgb: np.ndarray, tile: int, min_width: int = 12, min_step: int
     least ``min_step`` apart within half a tile around (one flat colour is a fill, not banding).
     Such a tile reads as an occupancy of 0.01 + 0.1 x (share of pixels not on a plateau)."""
     occ = occupancy_tiles(rgb[..., 1], tile, min_width)
+    if np.isfinite(occ).all():
+        return occ
     kernel = np.ones((3, 3), np.uint8)
-    flat = np.ones(rgb.shape[:2], bool)
-    for c in range(3):
-        flat &= cv2.dilate(rgb[..., c], kernel) == cv2.erode(rgb[..., c], kernel)
-    flat &= (channel_max(rgb) < 250) & (rgb.min(axis=2) > 5)
+    r, g, b = cv2.split(np.ascontiguousarray(rgb))
+    flat = (cv2.max(cv2.max(r, g), b) < 250) & (cv2.min(cv2.min(r, g), b) > 5)
+    for c in (r, g, b):
+        flat &= cv2.dilate(c, kernel) == cv2.erode(c, kernel)
     share = tiles(flat, tile).mean(axis=-1)
-    g = rgb[..., 1]
     half = tile // 2
     for r, c in zip(*np.nonzero(~np.isfinite(occ) & (share >= 0.5))):
         y0, x0 = max(0, r * tile - half), max(0, c * tile - half)
