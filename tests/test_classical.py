@@ -227,3 +227,16 @@ def test_a_defect_confirmed_by_two_zooms_counts_once(astronaut, monkeypatch):
     assert len([s for s in twice.trace if s.tool_call]) > len([s for s in once.trace if s.tool_call])
     assert twice.score == once.score
     assert twice.regions == once.regions
+
+
+def test_of_two_zooms_on_one_defect_the_more_complete_finding_is_kept(critic):
+    from pathlib import Path
+
+    from assessor.imageio import load_image
+
+    sample = load_image(Path(__file__).parents[1] / "assessor" / "samples" / "sample.png").rgb
+    d = critic.assess(sample)
+    confirmed = [s for s in d.trace if s.observation.startswith("Confirmed noise")]
+    assert len(confirmed) == 2  # a large suspect re-localized onto part of the grain, then the grain
+    (noise,) = [r for r in d.regions if r.distortion == "noise"]
+    assert noise.bbox == [256, 32, 448, 224]  # the whole noisy patch, not the part

@@ -780,7 +780,7 @@ class ClassicalAssessor(AssessorBackend):
                 regions.append(Region(full, kind, round(s, 3), f"whole image: {reason}"))
 
         global_kinds = {r.distortion for r in regions}
-        counted: list[tuple[str, tuple[int, int, int, int]]] = []
+        counted: list[tuple[str, tuple[int, int, int, int], tuple[float, float], Region | None]] = []
         for cand in self._candidates(look, (h, w)):
             if cand.distortion in global_kinds:
                 continue  # already everywhere; a local look adds nothing
@@ -811,14 +811,22 @@ class ClassicalAssessor(AssessorBackend):
                     data=numbers,
                 )
             )
-            # two zooms may confirm the same defect (a large suspect re-localized onto a smaller
-            # one's area): it counts once, at its first (most suspected) finding
-            if f.distortion and all(k != f.distortion or box_iou(f.box, b) < 0.5 for k, b in counted):
-                counted.append((f.distortion, f.box))
-                f_area = (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]) / float(w * h)
-                findings.append((f.severity, area_weight(f_area)))
-                if confirmed:
-                    regions.append(Region(list(f.box), f.distortion, round(f.severity, 3), f.reason))
+            if not f.distortion:
+                continue
+            # two zooms may confirm the same defect (a large suspect re-localized onto part of a
+            # smaller one's area): it counts once, as the finding that explains more damage
+            f_area = (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]) / float(w * h)
+            finding = (f.severity, area_weight(f_area))
+            region = Region(list(f.box), f.distortion, round(f.severity, 3), f.reason) if confirmed else None
+            same = [
+                i for i, (k, b, _, _) in enumerate(counted) if k == f.distortion and box_iou(f.box, b) >= 0.5
+            ]
+            if not same:
+                counted.append((f.distortion, f.box, finding, region))
+            elif finding[0] * finding[1] > counted[same[0]][2][0] * counted[same[0]][2][1]:
+                counted[same[0]] = (f.distortion, f.box, finding, region)
+        findings += [finding for _, _, finding, _ in counted]
+        regions += [region for _, _, _, region in counted if region is not None]
 
         return self.conclude(
             score_from(findings), regions, trace, (w, h), "Verdict from what was confirmed.", t0, t_look
