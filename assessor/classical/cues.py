@@ -266,13 +266,14 @@ def banding_tiles(rgb: np.ndarray, tile: int, min_width: int = 12, min_step: int
         flat &= cv2.dilate(c, kernel) == cv2.erode(c, kernel)
     share = tiles(flat, tile).mean(axis=-1)
     half = tile // 2
-    for r, c in zip(*np.nonzero(~np.isfinite(occ) & (share >= 0.5))):
-        y0, x0 = max(0, r * tile - half), max(0, c * tile - half)
-        win = flat[y0 : (r + 1) * tile + half, x0 : (c + 1) * tile + half]
-        counts = np.bincount(g[y0 : (r + 1) * tile + half, x0 : (c + 1) * tile + half][win], minlength=256)
+    for row, col in zip(*np.nonzero(~np.isfinite(occ) & (share >= 0.5))):
+        ys = slice(max(0, row * tile - half), (row + 1) * tile + half)
+        xs = slice(max(0, col * tile - half), (col + 1) * tile + half)
+        win = flat[ys, xs]
+        counts = np.bincount(g[ys, xs][win], minlength=256)
         levels = np.nonzero(counts >= 0.05 * win.sum())[0]
         if levels.size >= 2 and np.diff(levels).max() >= min_step:
-            occ[r, c] = 0.01 + 0.1 * (1.0 - share[r, c])
+            occ[row, col] = 0.01 + 0.1 * (1.0 - share[row, col])
     return occ
 
 
