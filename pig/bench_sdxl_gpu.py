@@ -26,9 +26,7 @@ from .refiners.sdxl_random import SDXL, TINY, SDXLSizes, assemble_pipeline, buil
 # image and a 2-layer text encoder 2 (nothing here loads a single file).
 BENCH_TINY = SDXLSizes(
     unet=dict(TINY.unet, sample_size=16),
-    vae=dict(
-        SDXL.vae, block_out_channels=(16, 16, 32, 32), layers_per_block=1, norm_num_groups=16, sample_size=128
-    ),
+    vae=dict(TINY.vae, sample_size=128),
     text_encoder=TINY.text_encoder,
     text_encoder_2=dict(TINY.text_encoder_2, num_hidden_layers=2),
 )

@@ -97,18 +97,14 @@ TINY_UNET: dict[str, Any] = dict(
     projection_class_embeddings_input_dim=6 * TINY_TIME_DIM + TINY_TE2_WIDTH,
     norm_num_groups=16,
 )
-TINY_VAE: dict[str, Any] = dict(
+TINY_VAE: dict[str, Any] = dict(  # SDXL's VAE (4 levels: latents 1/8 of the image) at a few channels
+    SDXL_VAE,
     block_out_channels=(16, 16, 32, 32),
     in_channels=3,
     out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    latent_channels=4,
     layers_per_block=1,
     norm_num_groups=16,
     sample_size=64,
-    scaling_factor=0.13025,
-    force_upcast=False,
 )
 TINY_TE1: dict[str, Any] = _tiny_text(TINY_TE1_WIDTH, 2)
 TINY_TE2: dict[str, Any] = _tiny_text(TINY_TE2_WIDTH, TINY_TE2_LAYERS)
