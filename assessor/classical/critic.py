@@ -525,20 +525,20 @@ class ClassicalAssessor(AssessorBackend):
             n_in = int((np.isfinite(values) & inside).sum())
             if n_bad < 2:
                 return
-            if n_bad < 0.4 * max(n_in, 1):
+            # a suspected region larger than the defect: a compact group of clearly bad tiles
+            # (severity >= 0.5 on its own) is enough
+            partial = n_bad < 0.4 * max(n_in, 1)
+            if partial:
                 if not cluster:
                     return
-                # a suspected region larger than the defect: a compact group of clearly bad tiles
-                # (severity >= 0.5 on its own) is enough
                 n, labels, stats, _ = cv2.connectedComponentsWithStats(sel.astype(np.uint8), connectivity=8)
                 big = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-                sel = labels == big
-                if (
-                    stats[big, cv2.CC_STAT_AREA] < MIN_CLUSTER
-                    or severity(kind, np.nanmedian(values[sel])) < 0.5
-                ):
+                if stats[big, cv2.CC_STAT_AREA] < MIN_CLUSTER:
                     return
+                sel = labels == big
             v = float(np.nanmedian(values[sel]))
+            if partial and severity(kind, v) < 0.5:
+                return
             sev = severity(kind, v) - (0.5 * severity(kind, relative_to) if relative_to is not None else 0.0)
             found[kind] = Finding(kind, sev, reason(v), to_box(sel), v)
 
@@ -780,7 +780,7 @@ class ClassicalAssessor(AssessorBackend):
                 regions.append(Region(full, kind, round(s, 3), f"whole image: {reason}"))
 
         global_kinds = {r.distortion for r in regions}
-        counted: list[tuple[str, tuple[int, int, int, int], tuple[float, float], Region | None]] = []
+        counted: list[tuple[Finding, float]] = []  # local findings and their area weights
         for cand in self._candidates(look, (h, w)):
             if cand.distortion in global_kinds:
                 continue  # already everywhere; a local look adds nothing
@@ -815,18 +815,25 @@ class ClassicalAssessor(AssessorBackend):
                 continue
             # two zooms may confirm the same defect (a large suspect re-localized onto part of a
             # smaller one's area): it counts once, as the finding that explains more damage
-            f_area = (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]) / float(w * h)
-            finding = (f.severity, area_weight(f_area))
-            region = Region(list(f.box), f.distortion, round(f.severity, 3), f.reason) if confirmed else None
-            same = [
-                i for i, (k, b, _, _) in enumerate(counted) if k == f.distortion and box_iou(f.box, b) >= 0.5
-            ]
-            if not same:
-                counted.append((f.distortion, f.box, finding, region))
-            elif finding[0] * finding[1] > counted[same[0]][2][0] * counted[same[0]][2][1]:
-                counted[same[0]] = (f.distortion, f.box, finding, region)
-        findings += [finding for _, _, finding, _ in counted]
-        regions += [region for _, _, _, region in counted if region is not None]
+            weight = area_weight((f.box[2] - f.box[0]) * (f.box[3] - f.box[1]) / float(w * h))
+            same = next(
+                (
+                    i
+                    for i, (g, _) in enumerate(counted)
+                    if g.distortion == f.distortion and box_iou(f.box, g.box) >= 0.5
+                ),
+                None,
+            )
+            if same is None:
+                counted.append((f, weight))
+            elif f.severity * weight > counted[same][0].severity * counted[same][1]:
+                counted[same] = (f, weight)
+        findings += [(f.severity, weight) for f, weight in counted]
+        regions += [
+            Region(list(f.box), f.distortion, round(f.severity, 3), f.reason)
+            for f, _ in counted
+            if f.severity >= self.config.min_severity
+        ]
 
         return self.conclude(
             score_from(findings), regions, trace, (w, h), "Verdict from what was confirmed.", t0, t_look
