@@ -91,6 +91,17 @@ def test_cast_estimate_grows_with_a_cast(leaves):
     assert all(b > a for a, b in zip(values, values[1:]))
 
 
+def test_blown_out_whites_do_not_read_as_a_cast():
+    """Overexposing a white cup on a warm table blows out the cup: the greyest and brightest pixels
+    left are the table's, which would read as a strong cast (1.5 to 3.5 before)."""
+    coffee = benchdata.load_photo("coffee")
+    clean = cues.cast_estimate(coffee)[0]
+    for level in (1, 2, 3):
+        over = apply_distortion(coffee, "overexposure", level)
+        assert (cues.channel_max(over) >= 250).mean() >= cues.BLOWN_WHITES
+        assert cues.cast_estimate(over)[0] <= clean + 0.05
+
+
 def test_occupancy_drops_with_posterization(leaves):
     smooth = np.tile(np.linspace(0, 255, 256, dtype=np.float32), (64, 1)).astype(np.uint8)
     assert np.nanmin(cues.occupancy_tiles(smooth, 32)) > 0.9

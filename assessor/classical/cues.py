@@ -136,19 +136,24 @@ def white_patch_chroma(
     return np.array([a[ok][sel].mean(), b[ok][sel].mean()])
 
 
+BLOWN_WHITES = 0.05  # share of blown-out pixels from which only the grey edges tell the light's colour
+
+
 def cast_estimate(rgb: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     """How far the light's colour is from neutral (max/min channel ratio - 1), as the median of
     three estimates that fail on different scenes: grey edges (fooled by a colourful subject's
     outline), the greyest pixels (fooled when nothing in the scene is grey) and the brightest
-    pixels (fooled by coloured lights). Also returns the grey-edge light and the neutral chroma."""
+    pixels (fooled by coloured lights; both gone when the whites are blown out). Also returns the grey-edge light and the neutral chroma."""
     y = luminance(rgb)
     a, b, ok = log_chroma(rgb, y)
     light = illuminant(rgb)
     neutral = neutral_chroma(a, b, ok)
     white = white_patch_chroma(a, b, ok, y)
     votes = [cast_strength(light)]
+    # blown-out whites were the greyest and brightest surfaces: what is left of either is coloured
+    blown = float((channel_max(rgb) >= 250).mean()) >= BLOWN_WHITES
     for c in (neutral, white):
-        votes.append(float(np.expm1(np.hypot(*c))) if np.isfinite(c).all() else votes[0])
+        votes.append(float(np.expm1(np.hypot(*c))) if np.isfinite(c).all() and not blown else votes[0])
     # with few mid-tones (a night scene: darkness and a few lamps) the light's colour cannot be
     # judged, and a warm lamp is not a cast
     trust = float(np.clip(ok.mean() / 0.25, 0.0, 1.0))
