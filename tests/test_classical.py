@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from assessor import benchdata, load_assessor
-from assessor.degrade import apply_distortion, degrade_region
+from assessor.degrade import apply_distortion, degrade_region, region_mask
 from assessor.schema import Diagnosis
 
 
@@ -240,3 +240,18 @@ def test_of_two_zooms_on_one_defect_the_more_complete_finding_is_kept(critic):
     assert len(confirmed) == 2  # a large suspect re-localized onto part of the grain, then the grain
     (noise,) = [r for r in d.regions if r.distortion == "noise"]
     assert noise.bbox == [256, 32, 448, 224]  # the whole noisy patch, not the part
+
+
+@pytest.mark.parametrize("cast", ["warm", "green"])
+def test_a_tinted_patch_in_a_black_and_white_photo_is_a_colour_cast(critic, cast):
+    # its context ring, which the defect may reach into, says little; the rest of the photo says grey
+    camera = benchdata.load_photo("camera")
+    box = (61, 341, 265, 509)
+    mask = region_mask((512, 512), box, shape="ellipse", feather=4.0)[..., None]
+    tinted = apply_distortion(camera, "color_cast", 4, cast=cast).astype(np.float32)
+    img = (camera * (1 - mask) + tinted * mask + 0.5).astype(np.uint8)
+    worst = critic.assess(img).worst
+    assert worst.distortion == "color_cast" and 0.3 <= worst.severity <= 0.7, worst
+    x0, y0, x1, y1 = worst.bbox
+    assert box[0] <= (x0 + x1) / 2 < box[2] and box[1] <= (y0 + y1) / 2 < box[3]
+    assert not critic.assess(camera).regions

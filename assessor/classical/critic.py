@@ -31,6 +31,7 @@ from .severity import area_weight, score_from, severity
 MIN_CLUSTER = 4  # noisy zoom tiles side by side that confirm noise in part of a suspected region
 JPEG_PLATEAUS = 0.2  # 8x8 blockiness from which flat plateaus are read as compression, not banding
 WARM_TOLERANCE = 2.0  # a warm light counts as a cast this many times weaker (whole-image grade)
+GREY = 0.05  # log-chroma below which a surface reads as grey (a black-and-white photo's, nearly all)
 
 
 @dataclass
@@ -494,6 +495,16 @@ class ClassicalAssessor(AssessorBackend):
             return float(look.dof[r, c])
         return float(look.dof[sel].mean())
 
+    @staticmethod
+    def _colourless_elsewhere(look: Look, box: tuple[int, int, int, int]) -> bool:
+        """Whether the image outside ``box`` (a zoom's view: the defect may reach past the suspected
+        region) is black and white, greys or nearly."""
+        cy, cx = look.stats.centres()
+        outside = ~_select((cy / look.scale, cx / look.scale), box)
+        chroma = look.stats.chroma[outside]
+        chroma = chroma[np.isfinite(chroma).all(axis=1)]
+        return len(chroma) >= 8 and float(np.percentile(np.hypot(chroma[:, 0], chroma[:, 1]), 95)) < GREY
+
     def _judge(
         self, z: ZoomLook, look: Look, box: tuple[int, int, int, int], area: float, exclude: set[str]
     ) -> Finding:
@@ -673,6 +684,17 @@ class ClassicalAssessor(AssessorBackend):
                     f"the whole region is tinted: its greyest pixels and its mean shifted by {d:.2f}",
                     box,
                 )
+
+        # in a black-and-white photo any colour is a tint: the rest of the image says what its
+        # surfaces look like, whatever the region's context ring (a tinted zoom context) says
+        tint = float(np.hypot(i["chroma_a"], i["chroma_b"])) if np.isfinite(i["chroma_a"]) else 0.0
+        if "color_cast" not in found and tint > 0.15 and self._colourless_elsewhere(look, z.zoom.box):
+            found["color_cast"] = Finding(
+                "color_cast",
+                severity("color_cast", float(np.expm1(tint))),
+                f"a tint of {tint:.2f} in a black-and-white image",
+                box,
+            )
 
         for kind in exclude:  # already reported for the whole image
             found.pop(kind, None)

@@ -143,7 +143,8 @@ def cast_estimate(rgb: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     """How far the light's colour is from neutral (max/min channel ratio - 1), as the median of
     three estimates that fail on different scenes: grey edges (fooled by a colourful subject's
     outline), the greyest pixels (fooled when nothing in the scene is grey) and the brightest
-    pixels (fooled by coloured lights; both gone when the whites are blown out). Also returns the grey-edge light and the neutral chroma."""
+    pixels (fooled by coloured lights; both gone when the whites are blown out). Also returns the
+    grey-edge light and the neutral chroma."""
     y = luminance(rgb)
     a, b, ok = log_chroma(rgb, y)
     light = illuminant(rgb)
