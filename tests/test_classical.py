@@ -255,3 +255,36 @@ def test_a_tinted_patch_in_a_black_and_white_photo_is_a_colour_cast(critic, cast
     x0, y0, x1, y1 = worst.bbox
     assert box[0] <= (x0 + x1) / 2 < box[2] and box[1] <= (y0 + y1) / 2 < box[3]
     assert not critic.assess(camera).regions
+
+
+@pytest.mark.parametrize(
+    "photo, case, kind",
+    [("astronaut", "astronaut/local-low_contrast/0", "low_contrast"), ("motorcycle", None, "underexposure")],
+)
+def test_a_tonal_defect_is_judged_on_the_tiles_wholly_inside_it(critic, photo, case, kind):
+    # a zoom's tiles across the suspected region's border mix in the context: a few bright pixels
+    # gave a darkened region its light back, a few dark ones a washed-out region its blacks
+    if case is None:
+        img = benchdata.load_photo(photo)
+        box = (357, 22, 589, 174)
+        degraded = degrade_region(img, kind, 5, box, shape="ellipse", feather=4.0)
+        image, box = degraded.image, degraded.box
+    else:
+        found = next(c for c in benchdata.local_cases({photo: benchdata.load_photo(photo)}) if c.name == case)
+        image, box = found.image, found.box
+    worst = critic.assess(image).worst
+    assert worst.distortion == kind and worst.severity >= 0.5, worst
+    x0, y0, x1, y1 = worst.bbox
+    assert box[0] <= (x0 + x1) / 2 < box[2] and box[1] <= (y0 + y1) / 2 < box[3]
+
+
+def test_a_narrow_toned_busy_texture_is_not_washed_out(critic):
+    # coffee's wooden table: a third of the tonal range of its surroundings, but as many edges
+    coffee = benchdata.load_photo("coffee")
+    look = critic._global_look(coffee)
+    box = (450, 225, 600, 375)
+    zoom = critic._measure(coffee, box, look)
+    assert zoom.inside_stats["p95"] - zoom.inside_stats["p05"] < 0.55 * (
+        zoom.ring_stats["p95"] - zoom.ring_stats["p05"]
+    )
+    assert critic._judge(zoom, look, box, 0.09, set()).distortion != "low_contrast"

@@ -451,7 +451,13 @@ class ClassicalAssessor(AssessorBackend):
         def zoom_tiles_box(sel: np.ndarray) -> tuple[int, int, int, int]:
             return grid_box(sel, tile, zoom.to_source)
 
-        m_in = cues.summarize(ts, inside)
+        # the region's own numbers come from the tiles wholly inside it where there are enough: a
+        # tile across its border mixes in the context (a few bright pixels give a darkened region light)
+        rx0, ry0, rx1, ry1 = zoom.requested_in_zoom()
+        top, left = np.arange(inside.shape[0]) * tile, np.arange(inside.shape[1]) * tile
+        rows_in, cols_in = (top >= ry0) & (top + tile <= ry1), (left >= rx0) & (left + tile <= rx1)
+        whole = np.outer(rows_in, cols_in) & inside
+        m_in = cues.summarize(ts, whole if whole.sum() >= max(2, 0.3 * inside.sum()) else inside)
         m_ring = cues.summarize(ts, ring) if ring.any() else self._whole_image_ring(look)
         for m, sel_b, sel_o in ((m_in, blocks.inside, levels.inside), (m_ring, blocks.ring, levels.ring)):
             m["blockiness"] = (
@@ -661,7 +667,9 @@ class ClassicalAssessor(AssessorBackend):
         s_in, s_ring = i["blur_sigma"], r["blur_sigma"]
         sharp_inside = not np.isfinite(s_in) or s_in < max(np.nan_to_num(s_ring, nan=0.5), 0.5) + 1.0
         hazed = abs(i["mean"] - e.mean) < 0.15 and i["p05"] > r["p05"] + 0.1 and i["p95"] < r["p95"] - 0.1
-        if sharp_inside and hazed and rng_in < 0.55 * rng_ring:
+        # its edges fade with its tones (a narrow-toned but busy texture, a wooden table, is content)
+        faded = i["edge"] < 1.5 * rng_in / max(rng_ring, 1e-3) * r["edge"]
+        if sharp_inside and hazed and faded and rng_in < 0.55 * rng_ring:
             found["low_contrast"] = Finding(
                 "low_contrast",
                 severity("low_contrast", 0.9 * rng_in / max(rng_ring, 1e-3)),
