@@ -288,3 +288,15 @@ def test_a_narrow_toned_busy_texture_is_not_washed_out(critic):
         zoom.ring_stats["p95"] - zoom.ring_stats["p05"]
     )
     assert critic._judge(zoom, look, box, 0.09, set()).distortion != "low_contrast"
+
+
+def test_a_patch_posterized_to_a_few_levels_is_banding_though_no_tile_lies_wholly_inside_it(critic):
+    # coffee, a feathered ellipse posterized to 5 levels: every 64-px tile of the look mixes it with
+    # smooth pixels, so counting levels saw none of it (the critic found nothing)
+    coffee = benchdata.load_photo("coffee")
+    found = degrade_region(coffee, "artifact", 5, (50, 59, 191, 189), shape="ellipse", feather=4.0)
+    worst = critic.assess(found.image).worst
+    assert worst.distortion == "artifact" and worst.severity >= 0.5, worst
+    x0, y0, x1, y1 = worst.bbox
+    box = found.box
+    assert box[0] <= (x0 + x1) / 2 < box[2] and box[1] <= (y0 + y1) / 2 < box[3]

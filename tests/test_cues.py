@@ -91,6 +91,19 @@ def test_cast_estimate_grows_with_a_cast(leaves):
     assert all(b > a for a, b in zip(values, values[1:]))
 
 
+def test_a_tile_posterized_in_part_still_shows_its_comb(leaves):
+    green = np.ascontiguousarray(leaves[..., 1])
+    q = 255.0 / 7.0  # 8 levels: level 4 of assessor.degrade's posterization
+    part = green.copy()
+    part[:, :40] = (np.round(green[:, :40] / q) * q + 0.5).astype(np.uint8)  # 62% of each 64-px tile column
+    comb = cues.comb_tiles(part, 64)
+    found = comb[:, 0][np.isfinite(comb[:, 0])]
+    assert found.size >= 3  # (a tile whose part is one big leaf is posterized to a single level)
+    np.testing.assert_allclose(found, 1.0 / q, rtol=0.05)
+    assert np.isnan(comb[:, 1:]).all() and np.isnan(cues.comb_tiles(green, 64)).all()
+    assert np.nanmin(cues.occupancy_tiles(part, 64)[:, 0]) > 0.35  # every level still occurs
+
+
 def test_blown_out_whites_do_not_read_as_a_cast():
     """Overexposing a white cup on a warm table blows out the cup: the greyest and brightest pixels
     left are the table's, which would read as a strong cast (1.5 to 3.5 before)."""

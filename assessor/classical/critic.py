@@ -237,11 +237,14 @@ class ClassicalAssessor(AssessorBackend):
 
     @staticmethod
     def _levels(rgb: np.ndarray, tile: int, block_global: float) -> np.ndarray:
-        """Grey-level occupancy per tile; flat bands count too, unless the image is blocky (heavy
-        JPEG flattens blocks into plateaus of its own)."""
+        """Grey-level occupancy per tile; flat bands and combs count too (flat bands unless the
+        image is blocky: heavy JPEG flattens blocks into plateaus of its own)."""
         if block_global < JPEG_PLATEAUS:
-            return cues.banding_tiles(rgb, tile)
-        return cues.occupancy_tiles(rgb[..., 1], tile)
+            occ = cues.banding_tiles(rgb, tile)
+        else:
+            occ = cues.occupancy_tiles(rgb[..., 1], tile)
+        # a tile posterized in part uses many levels, but its histogram is still a comb
+        return np.fmin(occ, cues.comb_tiles(rgb[..., 1], tile))
 
     def _global_suspicions(self, look: Look) -> dict[str, float]:
         e = look.exposure

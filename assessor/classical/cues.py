@@ -283,6 +283,33 @@ def banding_tiles(rgb: np.ndarray, tile: int, min_width: int = 12, min_step: int
     return occ
 
 
+def comb_tiles(channel: np.ndarray, tile: int, min_share: float = 0.5, min_step: int = 3) -> np.ndarray:
+    """Grey-level occupancy of the posterized part of each tile: 1 / the step between its levels,
+    where at least ``min_share`` of the tile's pixels sit on isolated spikes of the histogram
+    (levels at least ``min_step`` apart, each far above its neighbours); nan elsewhere.
+
+    ``occupancy_tiles`` counts every level between the 2nd and 98th percentile, so a tile that
+    is posterized only in part (the border of a banded sky, of a retouched patch) uses as many
+    levels as a smooth one; its histogram still shows the comb."""
+    t = tiles(channel, tile)
+    rows, cols, n = t.shape
+    idx = (np.arange(rows * cols, dtype=np.int64)[:, None] * 256 + t.reshape(rows * cols, n)).ravel()
+    counts = np.bincount(idx, minlength=rows * cols * 256).reshape(rows * cols, 256).astype(np.float32)
+    padded = np.pad(counts, ((0, 0), (2, 2)))
+    near = np.max(np.stack([padded[:, k : k + 256] for k in (0, 1, 3, 4)]), axis=0)
+    spike = (counts >= 0.03 * n) & (counts >= 8.0 * near + 2.0)
+    # clipped shadows and highlights are spikes of their own, of no use and left out
+    spike[:, :6] = spike[:, 250:] = False
+    unclipped = counts[:, 6:250].sum(axis=1)
+    on_spikes = (counts * spike).sum(axis=1)
+    out = np.full(rows * cols, np.nan, np.float32)
+    for k in np.nonzero((spike.sum(axis=1) >= 2) & (on_spikes >= min_share * np.maximum(unclipped, 1)))[0]:
+        step = float(np.median(np.diff(np.nonzero(spike[k])[0])))
+        if step >= min_step:
+            out[k] = 1.0 / step
+    return out.reshape(rows, cols)
+
+
 def level_occupancy(channel: np.ndarray) -> float:
     """``occupancy_tiles`` for a whole channel (1.0 when its range is too narrow to tell)."""
     lo, hi = np.percentile(channel, [2, 98])
