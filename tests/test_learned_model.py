@@ -153,11 +153,20 @@ def test_samples_carry_consistent_labels():
     assert len(seen) >= 6
 
 
+@pytest.mark.parametrize("device, dtype", [("cpu", torch.float64), ("meta", torch.float32)])
+def test_fusing_batchnorm_keeps_the_nets_device_and_dtype(device, dtype):
+    # the learned critic loads its weights onto the GPU, then fuses: new convolutions made on the
+    # CPU in float32 broke it on CUDA ("Input type (torch.cuda.FloatTensor) and weight type ...")
+    net = fuse_batchnorm(CriticNet(TINY).eval().to(device=device, dtype=dtype))
+    assert {(p.device.type, p.dtype) for p in net.parameters()} == {(device, dtype)}
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_matches_cpu():
-    net = fuse_batchnorm(CriticNet(TINY).eval())
+    net = CriticNet(TINY).eval()
     img = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
-    a = predict(net, img)
-    b = predict(net.to("cuda"), img, "cuda")
+    gpu = fuse_batchnorm(copy.deepcopy(net).to("cuda"))  # fused where it runs, as LearnedAssessor does
+    a = predict(fuse_batchnorm(net), img)
+    b = predict(gpu, img, "cuda")
     assert np.allclose(a.presence, b.presence, atol=1e-3)

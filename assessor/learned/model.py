@@ -182,7 +182,14 @@ def fuse_batchnorm(net: CriticNet) -> CriticNet:
                 continue
             scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
             fused = nn.Conv2d(
-                conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=True
+                conv.in_channels,
+                conv.out_channels,
+                conv.kernel_size,
+                conv.stride,
+                conv.padding,
+                bias=True,
+                device=conv.weight.device,  # where the net is (a GPU), not the CPU
+                dtype=conv.weight.dtype,
             )
             with torch.no_grad():
                 fused.weight.copy_(conv.weight * scale[:, None, None, None])
