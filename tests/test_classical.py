@@ -300,3 +300,13 @@ def test_a_patch_posterized_to_a_few_levels_is_banding_though_no_tile_lies_wholl
     x0, y0, x1, y1 = worst.bbox
     box = found.box
     assert box[0] <= (x0 + x1) / 2 < box[2] and box[1] <= (y0 + y1) / 2 < box[3]
+
+
+def test_channels_blown_by_a_tint_are_the_casts_doing(critic):
+    # astronaut, a warm level-5 cast in a box: red clips over 43% of it (2% before); the zoom confirms
+    # both a tint and blown highlights, and the pixels are blown in red only, not to white
+    astronaut = benchdata.load_photo("astronaut")
+    case = next(c for c in benchdata.local_cases({"astronaut": astronaut}) if c.name.endswith("color_cast/0"))
+    worst = critic.assess(case.image).worst
+    assert worst.distortion == "color_cast", worst
+    assert critic.assess(apply_distortion(astronaut, "overexposure", 4)).worst.distortion == "overexposure"

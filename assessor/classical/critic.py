@@ -707,6 +707,23 @@ class ClassicalAssessor(AssessorBackend):
                 box,
             )
 
+        # a tint pushes one or two channels over the top: pixels blown in colour, not to white, where
+        # the region is tinted (or the photo is black and white) are the cast's doing
+        if "overexposure" in found and (
+            "color_cast" in found or self._colourless_elsewhere(look, z.zoom.box)
+        ):
+            x0, y0, x1, y1 = z.zoom.requested_in_zoom()
+            px = z.zoom.image[y0:y1, x0:x1].reshape(-1, 3)
+            blown = px.max(axis=1) >= 250
+            if blown.any() and float((px[blown].min(axis=1) < 200).mean()) > 0.5:
+                found["color_cast"] = found.get("color_cast") or Finding(
+                    "color_cast",
+                    found["overexposure"].severity,
+                    "pixels blown out in colour in a black-and-white image: a tint",
+                    box,
+                )
+                del found["overexposure"]
+
         for kind in exclude:  # already reported for the whole image
             found.pop(kind, None)
         if not found:
