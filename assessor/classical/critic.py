@@ -699,7 +699,8 @@ class ClassicalAssessor(AssessorBackend):
         # in a black-and-white photo any colour is a tint: the rest of the image says what its
         # surfaces look like, whatever the region's context ring (a tinted zoom context) says
         tint = float(np.hypot(i["chroma_a"], i["chroma_b"])) if np.isfinite(i["chroma_a"]) else 0.0
-        if "color_cast" not in found and tint > 0.15 and self._colourless_elsewhere(look, z.zoom.box):
+        black_and_white = self._colourless_elsewhere(look, z.zoom.box)
+        if "color_cast" not in found and tint > 0.15 and black_and_white:
             found["color_cast"] = Finding(
                 "color_cast",
                 severity("color_cast", float(np.expm1(tint))),
@@ -709,9 +710,7 @@ class ClassicalAssessor(AssessorBackend):
 
         # a tint pushes one or two channels over the top: pixels blown in colour, not to white, where
         # the region is tinted (or the photo is black and white) are the cast's doing
-        if "overexposure" in found and (
-            "color_cast" in found or self._colourless_elsewhere(look, z.zoom.box)
-        ):
+        if "overexposure" in found and ("color_cast" in found or black_and_white):
             x0, y0, x1, y1 = z.zoom.requested_in_zoom()
             px = z.zoom.image[y0:y1, x0:x1].reshape(-1, 3)
             blown = px.max(axis=1) >= 250
