@@ -310,3 +310,27 @@ def test_channels_blown_by_a_tint_are_the_casts_doing(critic):
     worst = critic.assess(case.image).worst
     assert worst.distortion == "color_cast", worst
     assert critic.assess(apply_distortion(astronaut, "overexposure", 4)).worst.distortion == "overexposure"
+
+
+def test_a_tint_larger_than_the_zoom_is_still_seen_in_a_black_and_white_photo(critic):
+    # camera, a magenta level-5 cast in a box: a zoom on the blown sky inside it sees coloured tiles
+    # outside its view, the rest of the tint; they touch the view and are a small part of the photo
+    camera = benchdata.load_photo("camera")
+    box = (361, 40, 495, 213)
+    tinted = apply_distortion(camera, "color_cast", 5, cast="magenta")
+    img = camera.copy()
+    img[40:213, 361:495] = tinted[40:213, 361:495]
+    worst = critic.assess(img).worst
+    assert worst.distortion == "color_cast", worst
+    x0, y0, x1, y1 = worst.bbox
+    assert box[0] <= (x0 + x1) / 2 < box[2] and box[1] <= (y0 + y1) / 2 < box[3]
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea", "rocket", "motorcycle", "hopper"])
+def test_colour_photos_are_not_black_and_white_anywhere(critic, name):
+    img = benchdata.load_photo(name)
+    look = critic._global_look(img)
+    h, w = img.shape[:2]
+    for fx, fy in ((0.25, 0.25), (0.5, 0.5), (0.75, 0.75)):
+        box = (int(fx * w) - w // 8, int(fy * h) - h // 8, int(fx * w) + w // 8, int(fy * h) + h // 8)
+        assert not critic._colourless_elsewhere(look, box)

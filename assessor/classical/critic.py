@@ -32,6 +32,7 @@ MIN_CLUSTER = 4  # noisy zoom tiles side by side that confirm noise in part of a
 JPEG_PLATEAUS = 0.2  # 8x8 blockiness from which flat plateaus are read as compression, not banding
 WARM_TOLERANCE = 2.0  # a warm light counts as a cast this many times weaker (whole-image grade)
 GREY = 0.05  # log-chroma below which a surface reads as grey (a black-and-white photo's, nearly all)
+TINT_AREA = 0.35  # largest share of a black-and-white photo a tint is looked for in
 
 
 @dataclass
@@ -507,9 +508,19 @@ class ClassicalAssessor(AssessorBackend):
     @staticmethod
     def _colourless_elsewhere(look: Look, box: tuple[int, int, int, int]) -> bool:
         """Whether the image outside ``box`` (a zoom's view: the defect may reach past the suspected
-        region) is black and white, greys or nearly."""
+        region) and the coloured area it touches is black and white, greys or nearly."""
         cy, cx = look.stats.centres()
-        outside = ~_select((cy / look.scale, cx / look.scale), box)
+        view = _select((cy / look.scale, cx / look.scale), box)
+        # a tint larger than the zoom's view: the coloured tiles it touches are the tint's too, if
+        # together they stay a part of the photo (a colour photo's colours join into most of it)
+        m = np.nan_to_num(np.hypot(look.stats.chroma[..., 0], look.stats.chroma[..., 1]), nan=0.0)
+        coloured = (m >= GREY).astype(np.uint8)
+        _, labels = cv2.connectedComponents(coloured, connectivity=8)
+        touched = np.unique(labels[view & (coloured > 0)])
+        grown = view | np.isin(labels, touched[touched > 0])
+        if grown.mean() <= TINT_AREA:
+            view = grown
+        outside = ~view
         chroma = look.stats.chroma[outside]
         chroma = chroma[np.isfinite(chroma).all(axis=1)]
         return len(chroma) >= 8 and float(np.percentile(np.hypot(chroma[:, 0], chroma[:, 1]), 95)) < GREY
