@@ -513,17 +513,16 @@ class ClassicalAssessor(AssessorBackend):
         view = _select((cy / look.scale, cx / look.scale), box)
         # a tint larger than the zoom's view: the coloured tiles it touches are the tint's too, if
         # together they stay a part of the photo (a colour photo's colours join into most of it)
-        m = np.nan_to_num(np.hypot(look.stats.chroma[..., 0], look.stats.chroma[..., 1]), nan=0.0)
-        coloured = (m >= GREY).astype(np.uint8)
+        tint = np.hypot(look.stats.chroma[..., 0], look.stats.chroma[..., 1])  # nan: no valid pixels
+        coloured = (np.nan_to_num(tint, nan=0.0) >= GREY).astype(np.uint8)
         _, labels = cv2.connectedComponents(coloured, connectivity=8)
         touched = np.unique(labels[view & (coloured > 0)])
         grown = view | np.isin(labels, touched[touched > 0])
         if grown.mean() <= TINT_AREA:
             view = grown
-        outside = ~view
-        chroma = look.stats.chroma[outside]
-        chroma = chroma[np.isfinite(chroma).all(axis=1)]
-        return len(chroma) >= 8 and float(np.percentile(np.hypot(chroma[:, 0], chroma[:, 1]), 95)) < GREY
+        rest = tint[~view]
+        rest = rest[np.isfinite(rest)]
+        return len(rest) >= 8 and float(np.percentile(rest, 95)) < GREY
 
     def _judge(
         self, z: ZoomLook, look: Look, box: tuple[int, int, int, int], area: float, exclude: set[str]
