@@ -329,3 +329,28 @@ def test_colour_photos_are_not_black_and_white_anywhere(critic, name):
     for fx, fy in ((0.25, 0.25), (0.5, 0.5), (0.75, 0.75)):
         box = (int(fx * w) - w // 8, int(fy * h) - h // 8, int(fx * w) + w // 8, int(fy * h) + h // 8)
         assert not critic._colourless_elsewhere(look, box)
+
+
+def test_a_jpeg_quality_costs_the_same_on_every_photo(critic):
+    """How hard an image was compressed is read from its quantization steps, not from how much the
+    blocks happen to show on its content (flat sky shows them, fur hides them)."""
+    worst = {}
+    for name in ("astronaut", "rocket", "hopper", "motorcycle"):
+        d = critic.assess(apply_distortion(benchdata.load_photo(name), "jpeg", 1))
+        jpeg = [r for r in d.regions if r.distortion == "jpeg" and r.bbox == [0, 0, *d.image_size]]
+        assert jpeg and "quality 50" in jpeg[0].reason, d.regions
+        worst[name] = jpeg[0].severity
+    assert max(worst.values()) - min(worst.values()) < 0.02, worst
+
+
+def test_a_partly_deblocked_jpeg_scores_better_than_the_jpeg(critic):
+    from pig.fixes import blend, fix_jpeg
+
+    saved = apply_distortion(benchdata.load_photo("chelsea"), "jpeg", 2)
+    half = blend(saved, fix_jpeg(saved).image, 0.6)
+    assert critic.assess(half).score > critic.assess(saved).score + 0.3
+
+
+def test_a_photo_saved_at_high_quality_is_not_called_compressed(critic):
+    hopper = benchdata.load_photo("hopper")  # its quantization says JPEG quality ~80
+    assert not [r for r in critic.assess(hopper).regions if r.distortion == "jpeg"]

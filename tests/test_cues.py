@@ -69,6 +69,50 @@ def test_blockiness_sees_jpeg_not_edges_or_upscaling(leaves):
     assert cues.blockiness(edge, 64)[1] < 0.05
 
 
+def jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
+    ok, buf = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1].copy()
+
+
+def test_quantization_step_is_the_largest_step_the_values_sit_on():
+    rng = np.random.default_rng(0)
+    k = np.round(rng.laplace(0, 3, 4000))
+    assert cues.quantization_step(k * 23 + rng.normal(0, 0.3, k.shape)) == 23  # not 23/2 or 23/3
+    assert cues.quantization_step(rng.laplace(0, 40, 4000)) == 0  # spread evenly: no step
+
+
+@pytest.mark.parametrize("quality", [75, 50, 30, 10, 5])
+def test_jpeg_quality_is_read_from_the_quantization_steps(quality):
+    photo = benchdata.load_photo("astronaut")
+    saved = jpeg(photo, quality)
+    y = cues.luminance(saved)
+    quality_read, on_lattice = cues.jpeg_quality(saved, y)
+    assert quality_read == pytest.approx(quality, rel=0.1) and on_lattice > 0.95
+
+
+def test_filtering_moves_coefficients_off_the_lattice():
+    saved = jpeg(benchdata.load_photo("astronaut"), 30)
+    noisy = np.clip(saved + np.random.default_rng(0).normal(0, 3.0, saved.shape), 0, 255).astype(np.uint8)
+    quality, on_lattice = cues.jpeg_quality(noisy, cues.luminance(noisy))
+    assert quality == pytest.approx(30, rel=0.1) and on_lattice < 0.75
+
+
+def test_jpeg_quality_is_nan_without_a_quantization_lattice(leaves):
+    photo = benchdata.load_photo("astronaut")
+    assert np.isnan(cues.jpeg_quality(photo, cues.luminance(photo))[0])  # never compressed
+    assert np.isnan(cues.jpeg_quality(leaves, cues.luminance(leaves))[0])
+    # resampled after saving: the lattice is gone (blockiness may still show)
+    resized = cv2.resize(jpeg(photo, 20), (460, 460), interpolation=cv2.INTER_AREA)
+    assert np.isnan(cues.jpeg_quality(resized, cues.luminance(resized))[0])
+    # only a part compressed: a local defect, not the image's quality
+    part = photo.copy()
+    part[128:256, 128:320] = jpeg(photo, 10)[128:256, 128:320]
+    assert np.isnan(cues.jpeg_quality(part, cues.luminance(part))[0])
+    # posterized: blocks of a few flat levels have a few discrete coefficients, not a lattice
+    moon = apply_distortion(benchdata.load_photo("moon"), "artifact", 5)
+    assert np.isnan(cues.jpeg_quality(moon, cues.luminance(moon))[0])
+
+
 def test_clipping_and_tones():
     img = np.full((64, 64, 3), 100, np.uint8)
     img[:32] = 255

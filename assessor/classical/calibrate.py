@@ -28,36 +28,42 @@ def calibration_images() -> dict[str, np.ndarray]:
     return images
 
 
-def global_cue(critic: ClassicalAssessor, rgb: np.ndarray, kind: str) -> float:
+# severity curves and the distortion whose levels calibrate them
+CALIBRATED = {kind: kind for kind in SYNTHETIC_TYPES} | {"jpeg_quality": "jpeg"}
+
+
+def global_cue(critic: ClassicalAssessor, rgb: np.ndarray, curve: str) -> float:
     look = critic._global_look(rgb)
     e = look.exposure
     return {
         "blur": look.sharp_ref,
         "noise": look.noise_floor,
         "jpeg": look.block_global,
+        "jpeg_quality": look.jpeg_quality,
         "overexposure": e.clipped_hi,
         "underexposure": e.p999,
         "low_contrast": e.p99 - e.p01,
         "color_cast": look.cast,
         "artifact": look.occupancy_global,
-    }[kind]
+    }[curve]
 
 
 def main() -> None:
     critic = ClassicalAssessor()
     images = calibration_images()
-    print("anchors (cue value, severity) per type; cue medians over calibration images")
-    for ti, kind in enumerate(SYNTHETIC_TYPES):
+    print("anchors (cue value, severity) per type; cue medians over calibration images (nan: not measurable)")
+    for curve, kind in CALIBRATED.items():
+        ti = SYNTHETIC_TYPES.index(kind)
         rows = []
         for level in range(0, 6):
             cue, sev = [], []
             for ii, img in enumerate(images.values()):
                 x = img if level == 0 else apply_distortion(img, kind, level, np.random.default_rng([ii, ti]))
-                cue.append(global_cue(critic, x, kind))
+                cue.append(global_cue(critic, x, curve))
                 sev.append(0.0 if level == 0 else target_severity(ssim(x, img)))
             target = 0.1 * level if kind == "color_cast" else float(np.median(sev))
-            rows.append((float(np.median(cue)), target))
-        print(f"  {kind:<14} " + ", ".join(f"({c:.3f}, {s:.2f})" for c, s in rows))
+            rows.append((float(np.nanmedian(cue)) if np.isfinite(cue).any() else float("nan"), target))
+        print(f"  {curve:<14} " + ", ".join(f"({c:.3f}, {s:.2f})" for c, s in rows))
 
 
 if __name__ == "__main__":

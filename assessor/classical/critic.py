@@ -67,6 +67,8 @@ class Look:
     native_tile: int
     block_global: float
     phase: tuple[int, int]  # JPEG grid phase (x, y)
+    jpeg_quality: float  # the JPEG quality the whole image was saved at; nan: no quantization seen
+    jpeg_lattice: float  # share of its coefficients still on the quantization lattice (1: as decoded)
     exposure: cues.ExposureStats
     cast: float
     light: np.ndarray
@@ -177,6 +179,7 @@ class ClassicalAssessor(AssessorBackend):
         native_tile = _tile_for(h, w, 64 if scale < 1.0 else 32)
         block, block_global, phase = cues.blockiness(y_native, native_tile)
         stats = cues.tile_stats(look, tile, native=scale >= 1.0, phase=phase)
+        jpeg_quality, jpeg_lattice = cues.jpeg_quality(rgb, y_native, phase)
         exposure = cues.exposure_stats(look)
         cast, light, neutral = cues.cast_estimate(look)
         # Downscaling by s shrinks blur sigma and white-noise sigma by about s: report native units.
@@ -224,6 +227,8 @@ class ClassicalAssessor(AssessorBackend):
             native_tile=native_tile,
             block_global=block_global,
             phase=phase,
+            jpeg_quality=jpeg_quality,
+            jpeg_lattice=jpeg_lattice,
             exposure=exposure,
             cast=cast,
             light=light,
@@ -252,7 +257,15 @@ class ClassicalAssessor(AssessorBackend):
         return {
             "blur": severity("blur", look.sharp_ref),
             "noise": severity("noise", look.noise_floor) if look.whiteness > 1.25 else 0.0,
-            "jpeg": severity("jpeg", look.block_global),
+            # the quantization steps say how hard the whole image was compressed whatever it shows,
+            # as far as its coefficients still sit on their lattice (deblocking moves them off);
+            # blockiness, how much shows, is left where they cannot be read (resampled since)
+            "jpeg": (
+                severity("jpeg_quality", look.jpeg_quality)
+                * float(np.clip((look.jpeg_lattice - 0.5) / 0.45, 0, 1))
+                if np.isfinite(look.jpeg_quality)
+                else severity("jpeg", look.block_global)
+            ),
             "overexposure": max(severity("overexposure", e.clipped_hi), severity("brightness", e.mean)),
             "underexposure": severity("underexposure", e.p999) * float(np.clip((0.42 - e.mean) / 0.12, 0, 1)),
             # lifted blacks separate a washed-out image from a dark one (whose blacks stay black)
@@ -783,8 +796,12 @@ class ClassicalAssessor(AssessorBackend):
             obs = f"grain of sigma {value:.1f} (of 255), whiteness {m['whiteness']:.2f}"
         else:
             value = m["blockiness"]
-            sev = max(severity("jpeg", value), suspicion) if value > 0.1 else 0.5 * suspicion
             obs = f"block borders {value:.2f}x stronger than block interiors"
+            if np.isfinite(look.jpeg_quality):  # every block of the image is quantized: that is the evidence
+                sev = suspicion
+                obs = f"8x8 blocks quantized as by JPEG quality {look.jpeg_quality:.0f}; {obs}"
+            else:
+                sev = max(severity("jpeg", value), suspicion) if value > 0.1 else 0.5 * suspicion
         step = TraceStep(
             thought=f"Suspect {kind} over the whole image: {why}. Zoom in at native resolution to check.",
             tool_call=ToolCall("crop_zoom", {"bbox_2d": list(box), "context": 0.0, "target_size": None}),

@@ -239,6 +239,98 @@ def blockiness(
     return np.maximum(per_tile, 0.0).astype(np.float32), max(whole, 0.0), phase
 
 
+# 8x8 DCT basis (orthonormal: JPEG's own coefficient scale) and the low frequencies whose
+# quantization steps tell the quality: (row, col) -> step of the standard luminance table at
+# quality 50 (ITU-T T.81, Annex K), which libjpeg scales by 50 / quality below 50.
+_DCT8 = np.array(
+    [
+        [np.sqrt((1.0 if u else 0.5) / 4.0) * np.cos((2 * x + 1) * u * np.pi / 16) for x in range(8)]
+        for u in range(8)
+    ],
+    np.float32,
+)
+JPEG_STEPS_Q50 = {(0, 1): 11, (1, 0): 12, (1, 1): 12, (0, 2): 10, (2, 0): 14}
+_STEP_CANDIDATES = np.arange(3, 161)
+_STEP_BINS = np.arange(0.125, 400.0, 0.25, dtype=np.float32)  # |coefficient| histogram, bin centres
+_STEP_COS = np.cos(2 * np.pi * _STEP_BINS[None, :] / _STEP_CANDIDATES[:, None]).astype(np.float32)
+_STEP_NONZERO = (_STEP_BINS[None, :] > 0.5 * _STEP_CANDIDATES[:, None]).astype(np.float32)
+
+
+def quantization_step(coefficients: np.ndarray, min_count: int = 40, lattice: float = 0.7) -> float:
+    """The largest step on whose multiples the nonzero values sit (0 when none does).
+
+    Decoding a JPEG leaves each DCT coefficient of its 8x8 blocks at a multiple of that
+    frequency's quantization step, up to the rounding of the pixels; a photo's coefficients are
+    spread evenly. Any divisor of the step fits too, hence the largest."""
+    hist, _ = np.histogram(np.abs(coefficients), bins=len(_STEP_BINS), range=(0.0, 400.0))
+    hist = hist.astype(np.float32)
+    n = _STEP_NONZERO @ hist
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fit = (_STEP_COS * _STEP_NONZERO) @ hist / n
+    ok = (n >= min_count) & (fit >= lattice)
+    if not ok.any():
+        return 0.0
+    k = int(np.flatnonzero(ok)[-1])
+    # a step a little larger than the true one still fits the few multiples a coarse step leaves:
+    # take the best fit just below the largest
+    near = np.arange(len(_STEP_CANDIDATES)) >= k - max(1, k // 8)
+    k = int(np.argmax(np.where(ok & near[: len(ok)] & (np.arange(len(ok)) <= k), fit, -1.0)))
+    return float(_STEP_CANDIDATES[k])
+
+
+def lattice_share(coefficients: np.ndarray, step: float) -> float:
+    """Share of the nonzero values within a tenth of a step (at least 1) of a multiple of it: about
+    1 as decoded, 0.2 for values spread evenly. Filtering a JPEG (deblocking) moves them off."""
+    a = np.abs(coefficients)
+    a = a[a > 0.5 * step]
+    if a.size == 0:
+        return 0.0
+    off = np.abs(a / step - np.rint(a / step)) * step
+    return float((off <= max(1.0, 0.1 * step)).mean())
+
+
+def jpeg_quality(
+    rgb: np.ndarray, y: np.ndarray, phase: tuple[int, int] = (7, 7), max_blocks: int = 4000
+) -> tuple[float, float]:
+    """The JPEG quality (1..100, libjpeg's scale) a photo was last saved at, from the quantization
+    steps of its low-frequency luma coefficients on the 8x8 grid after ``phase`` (as returned by
+    ``blockiness``), and the share of those coefficients still on the steps' lattice (1 as decoded,
+    less once filtered). Quality nan (share 0) when the coefficients show no quantization at all:
+    never compressed, resampled since, or only part of the image compressed.
+
+    Unlike how much block borders stand out, which depends on what the blocks show, the steps are
+    the same for every photo saved at one quality."""
+    none = (float("nan"), 0.0)
+    ox, oy = (phase[0] + 1) % 8, (phase[1] + 1) % 8
+    h, w = (y.shape[0] - oy) // 8 * 8, (y.shape[1] - ox) // 8 * 8
+    if h < 8 or w < 8:
+        return none
+    blocks = (y[oy : oy + h, ox : ox + w] - 128.0).reshape(h // 8, 8, w // 8, 8).transpose(0, 2, 1, 3)
+    # a channel clipped at 0 or 255 breaks the lattice: skip those blocks
+    c = np.ascontiguousarray(rgb[oy : oy + h, ox : ox + w])
+    clipped = (channel_max(c) == 255) | (np.minimum(np.minimum(c[..., 0], c[..., 1]), c[..., 2]) == 0)
+    keep = ~clipped.reshape(h // 8, 8, w // 8, 8).any(axis=(1, 3))
+    # a block of two or three flat levels (posterized, line art) has a few discrete coefficients
+    # that can pass for a lattice; a decoded JPEG block is a sum of cosines: many levels
+    levels = np.sort(np.rint(blocks.reshape(h // 8, w // 8, 64)), axis=-1)
+    keep &= (np.diff(levels, axis=-1) > 0).sum(axis=-1) >= 4
+    blocks = blocks[keep]
+    if len(blocks) > max_blocks:  # an even subsample: enough for the histogram, and fast
+        blocks = blocks[:: int(np.ceil(len(blocks) / max_blocks))]
+    scales, shares = [], []
+    for (u, v), base in JPEG_STEPS_Q50.items():
+        coef = np.einsum("i,nij,j->n", _DCT8[u], blocks, _DCT8[v], optimize=True)
+        step = quantization_step(coef)
+        if step > 0:
+            scales.append(step / base)
+            shares.append(lattice_share(coef, step))
+    if len(scales) < 3:  # most low frequencies must agree
+        return none
+    s = float(np.median(scales))
+    quality = float(np.clip(50.0 / s if s >= 1.0 else 100.0 - 50.0 * s, 1.0, 100.0))
+    return quality, float(np.median(shares))
+
+
 def occupancy_tiles(channel: np.ndarray, tile: int, min_width: int = 12) -> np.ndarray:
     """Share of the grey levels between a tile's 2nd and 98th percentile that occur at all.
 
