@@ -354,3 +354,23 @@ def test_a_partly_deblocked_jpeg_scores_better_than_the_jpeg(critic):
 def test_a_photo_saved_at_high_quality_is_not_called_compressed(critic):
     hopper = benchdata.load_photo("hopper")  # its quantization says JPEG quality ~80
     assert not [r for r in critic.assess(hopper).regions if r.distortion == "jpeg"]
+
+
+def test_grain_on_a_photo_larger_than_the_look_is_found_over_the_whole_image(critic):
+    """Reducing a 741-px photo for the first look correlates its grain (no longer white there):
+    the native zoom is what tells grain from texture."""
+    photo = benchdata.load_photo("motorcycle")
+    noisy = apply_distortion(photo, "noise", 2, np.random.default_rng(0))
+    d = critic.assess(noisy)
+    found = [r for r in d.regions if r.distortion == "noise" and r.bbox == [0, 0, *d.image_size]]
+    assert found and found[0].severity >= 0.4, d.regions
+    assert d.score < critic.assess(photo).score - 1.0
+
+
+def test_a_local_jpeg_is_graded_by_its_quality_not_by_how_much_its_blocks_show(critic):
+    moon = benchdata.load_photo("moon")  # smooth grey surface: quality 10 leaves faint block borders
+    box = (94, 350, 237, 511)
+    d = critic.assess(degrade_region(moon, "jpeg", 4, box).image)
+    local = [r for r in d.regions if r.distortion == "jpeg" and hit(r.bbox, box)]
+    assert local and "quality 10" in local[0].reason and local[0].severity >= 0.5, d.regions
+    assert d.worst is local[0]  # worse than the moon's own low contrast

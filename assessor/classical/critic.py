@@ -104,6 +104,7 @@ class ZoomLook:
     inside_stats: dict[str, float]
     ring_stats: dict[str, float]
     zoom_box: Callable[[np.ndarray], tuple[int, int, int, int]]  # selected zoom tiles -> source box
+    source: np.ndarray  # the native image (for measurements on exact pixels: JPEG quantization)
 
 
 @dataclass
@@ -142,6 +143,13 @@ def _runs_out_of_frame(tiles: np.ndarray, size: tuple[int, int], tile: int, min_
 def _warm(light: np.ndarray) -> bool:
     """A light redder than green, greener than blue: tungsten, candles, golden hour."""
     return bool(light[0] > light[1] > light[2])
+
+
+def _quantization_severity(quality: float, lattice: float) -> float:
+    """JPEG severity from the quality read off the quantization steps, as far as the coefficients
+    are still on their lattice (about 1 as decoded; filtering moves them off, a box reaching past
+    the compressed area adds some that never were)."""
+    return severity("jpeg_quality", quality) * float(np.clip((lattice - 0.5) / 0.35, 0.0, 1.0))
 
 
 def _select(centres: tuple[np.ndarray, np.ndarray], box) -> np.ndarray:
@@ -256,13 +264,15 @@ class ClassicalAssessor(AssessorBackend):
         e = look.exposure
         return {
             "blur": severity("blur", look.sharp_ref),
-            "noise": severity("noise", look.noise_floor) if look.whiteness > 1.25 else 0.0,
+            # a reduced look correlates the grain (no longer white): the native zoom checks it
+            "noise": severity("noise", look.noise_floor)
+            if look.whiteness > 1.25 or look.scale < 0.9
+            else 0.0,
             # the quantization steps say how hard the whole image was compressed whatever it shows,
             # as far as its coefficients still sit on their lattice (deblocking moves them off);
             # blockiness, how much shows, is left where they cannot be read (resampled since)
             "jpeg": (
-                severity("jpeg_quality", look.jpeg_quality)
-                * float(np.clip((look.jpeg_lattice - 0.5) / 0.45, 0, 1))
+                _quantization_severity(look.jpeg_quality, look.jpeg_lattice)
                 if np.isfinite(look.jpeg_quality)
                 else severity("jpeg", look.block_global)
             ),
@@ -483,7 +493,7 @@ class ClassicalAssessor(AssessorBackend):
             m["occupancy"] = (
                 _pct(levels.values[sel_o], 50) if sel_o.any() else m.get("occupancy", float("nan"))
             )
-        return ZoomLook(zoom, ts, inside, ring, blocks, levels, m_in, m_ring, zoom_tiles_box)
+        return ZoomLook(zoom, ts, inside, ring, blocks, levels, m_in, m_ring, zoom_tiles_box, rgb)
 
     def _whole_image_ring(self, look: Look) -> dict[str, float]:
         """Stand-in for the context ring when a region is nearly the whole image."""
@@ -517,6 +527,24 @@ class ClassicalAssessor(AssessorBackend):
             c = min(int((box[0] + box[2]) / 2 / t), look.dof.shape[1] - 1)
             return float(look.dof[r, c])
         return float(look.dof[sel].mean())
+
+    @staticmethod
+    def _grade_by_quantization(rgb: np.ndarray, look: Look, f: Finding) -> None:
+        """Grade a blocky region by the JPEG quality its coefficients were quantized at, where they
+        show it, as the whole image is: how much the blocks show depends on what they cover."""
+        x0, y0, x1, y1 = f.box
+        crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+        y = cues.luminance(crop)
+        # the photo's grid, or the image origin's (a region pasted from a compressed copy)
+        for px, py in {look.phase, (7, 7)}:
+            # a region has fewer blocks: fewer nonzero values suffice, the finding is there already
+            quality, lattice = cues.jpeg_quality(crop, y, ((px - x0) % 8, (py - y0) % 8), min_count=10)
+            if np.isfinite(quality):
+                sev = _quantization_severity(quality, lattice)
+                if sev > f.severity:
+                    f.severity = sev
+                    f.reason = f"{f.reason}, quantized as by JPEG quality {quality:.0f}"
+                return
 
     @staticmethod
     def _colourless_elsewhere(look: Look, box: tuple[int, int, int, int]) -> bool:
@@ -672,6 +700,7 @@ class ClassicalAssessor(AssessorBackend):
                 lambda v: f"only {100 * v:.0f}% of grey levels used: banding / posterization",
             )
         if "jpeg" in found:
+            self._grade_by_quantization(z.source, look, found["jpeg"])
             found.pop("blur", None)  # compression explains the lost detail
             found.pop("artifact", None)  # and the plateaus of the blocks it flattened
 

@@ -290,11 +290,15 @@ def lattice_share(coefficients: np.ndarray, step: float) -> float:
 
 
 def jpeg_quality(
-    rgb: np.ndarray, y: np.ndarray, phase: tuple[int, int] = (7, 7), max_blocks: int = 4000
+    rgb: np.ndarray,
+    y: np.ndarray,
+    phase: tuple[int, int] = (7, 7),
+    max_blocks: int = 4000,
+    min_count: int = 40,
 ) -> tuple[float, float]:
     """The JPEG quality (1..100, libjpeg's scale) a photo was last saved at, from the quantization
     steps of its low-frequency luma coefficients on the 8x8 grid after ``phase`` (as returned by
-    ``blockiness``), and the share of those coefficients still on the steps' lattice (1 as decoded,
+    ``blockiness``; each from at least ``min_count`` nonzero values), and the share of those coefficients still on the steps' lattice (1 as decoded,
     less once filtered). Quality nan (share 0) when the coefficients show no quantization at all:
     never compressed, resampled since, or only part of the image compressed.
 
@@ -320,13 +324,15 @@ def jpeg_quality(
     scales, shares = [], []
     for (u, v), base in JPEG_STEPS_Q50.items():
         coef = np.einsum("i,nij,j->n", _DCT8[u], blocks, _DCT8[v], optimize=True)
-        step = quantization_step(coef)
+        step = quantization_step(coef, min_count)
         if step > 0:
             scales.append(step / base)
             shares.append(lattice_share(coef, step))
-    if len(scales) < 3:  # most low frequencies must agree
+    s = float(np.median(scales)) if scales else 0.0
+    agree = [abs(x / s - 1.0) <= 0.15 for x in scales] if s > 0 else []
+    if sum(agree) < 3:  # most low frequencies must agree on one table
         return none
-    s = float(np.median(scales))
+    shares = [sh for sh, ok in zip(shares, agree) if ok]
     quality = float(np.clip(50.0 / s if s >= 1.0 else 100.0 - 50.0 * s, 1.0, 100.0))
     return quality, float(np.median(shares))
 
