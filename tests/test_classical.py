@@ -374,3 +374,10 @@ def test_a_local_jpeg_is_graded_by_its_quality_not_by_how_much_its_blocks_show(c
     local = [r for r in d.regions if r.distortion == "jpeg" and hit(r.bbox, box)]
     assert local and "quality 10" in local[0].reason and local[0].severity >= 0.5, d.regions
     assert d.worst is local[0]  # worse than the moon's own low contrast
+
+
+def test_a_smooth_area_posterized_to_one_level_is_found(critic):
+    moon = benchdata.load_photo("moon")
+    box = (311, 266, 433, 381)
+    d = critic.assess(degrade_region(moon, "artifact", 4, box).image)
+    assert d.worst is not None and d.worst.distortion == "artifact" and hit(d.worst.bbox, box), d.regions

@@ -193,3 +193,17 @@ def test_banding_also_reads_flat_tiles_next_to_a_band_border_but_not_grain_or_on
     assert not np.isfinite(cues.banding_tiles(rocket, 32)[y0:y1, x0:x1]).any()  # grain: no plateaus
     fill = np.full((64, 256, 3), 180, np.uint8)  # one flat colour: a fill, not banding
     assert not np.isfinite(cues.banding_tiles(fill, 32)).any()
+
+
+def test_a_patch_flattened_to_one_level_is_banding_in_a_photo_not_in_a_graphic():
+    moon = benchdata.load_photo("moon")  # grain everywhere
+    flattened = moon.copy()
+    flattened[256:384, 320:448] = 109  # one posterization level over a smooth area
+    occ = cues.banding_tiles(flattened, 32)
+    assert np.nanmax(occ[8:12, 10:14]) < 0.05
+    assert np.nanmin(cues.banding_tiles(moon, 32)) > 0.3
+    # a graphic is flat fills everywhere: the inside of one is not a defect
+    graphic = np.zeros((256, 256, 3), np.uint8)
+    graphic[:, :128] = (40, 90, 160)
+    graphic[:, 128:] = (200, 180, 60)
+    assert np.isnan(cues.banding_tiles(graphic, 32)[:, [0, 1, 6, 7]]).all()

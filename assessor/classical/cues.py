@@ -352,23 +352,29 @@ def occupancy_tiles(channel: np.ndarray, tile: int, min_width: int = 12) -> np.n
     return np.where(width >= min_width, occ, np.nan).astype(np.float32)
 
 
-def banding_tiles(rgb: np.ndarray, tile: int, min_width: int = 12, min_step: int = 3) -> np.ndarray:
+def banding_tiles(
+    rgb: np.ndarray, tile: int, min_width: int = 12, min_step: int = 3, grainy: float = 0.05
+) -> np.ndarray:
     """``occupancy_tiles`` of the green channel, extended to tiles whose tonal range is too narrow
     to count levels in: a smooth area posterized into flat bands.
 
     Photographs carry grain, so exact plateaus (a pixel equal to its 8 neighbours in every
     channel, not clipped) are rare in them; banding is mostly plateaus, at two or more levels at
     least ``min_step`` apart within half a tile around (one flat colour is a fill, not banding).
-    Such a tile reads as an occupancy of 0.01 + 0.1 x (share of pixels not on a plateau)."""
+    Such a tile reads as an occupancy of 0.01 + 0.1 x (share of pixels not on a plateau); so does
+    any tile mostly on plateaus where the median tile has less than ``grainy`` of its pixels on
+    them (a photo, not a graphic)."""
     occ = occupancy_tiles(rgb[..., 1], tile, min_width)
-    if np.isfinite(occ).all():
-        return occ
     kernel = np.ones((3, 3), np.uint8)
     r, g, b = cv2.split(np.ascontiguousarray(rgb))
     flat = (cv2.max(cv2.max(r, g), b) < 250) & (cv2.min(cv2.min(r, g), b) > 5)
     for c in (r, g, b):
         flat &= cv2.dilate(c, kernel) == cv2.erode(c, kernel)
     share = tiles(flat, tile).mean(axis=-1)
+    if float(np.median(share)) < grainy:
+        # in a photo with grain nearly everywhere, a tile mostly on one exact plateau was
+        # posterized to a single level (a smooth area flattened), whatever the levels around it
+        occ = np.where(share >= 0.5, np.fmin(occ, 0.01 + 0.1 * (1.0 - share)), occ).astype(np.float32)
     half = tile // 2
     for row, col in zip(*np.nonzero(~np.isfinite(occ) & (share >= 0.5))):
         ys = slice(max(0, row * tile - half), (row + 1) * tile + half)
