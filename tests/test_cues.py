@@ -202,6 +202,10 @@ def test_a_patch_flattened_to_one_level_is_banding_in_a_photo_not_in_a_graphic()
     occ = cues.banding_tiles(flattened, 32)
     assert np.nanmax(occ[8:12, 10:14]) < 0.05
     assert np.nanmin(cues.banding_tiles(moon, 32)) > 0.3
+    # a plateau at the image's top level is a blown-out area (darkened since, say), not banding
+    darkened = (moon * 0.75).astype(np.uint8)
+    darkened[256:384, 320:448] = 200
+    assert np.isnan(cues.banding_tiles(darkened, 32)[8:12, 10:14]).all()
     # a graphic is flat fills everywhere: the inside of one is not a defect
     graphic = np.zeros((256, 256, 3), np.uint8)
     graphic[:, :128] = (40, 90, 160)

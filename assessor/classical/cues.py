@@ -373,8 +373,11 @@ def banding_tiles(
     share = tiles(flat, tile).mean(axis=-1)
     if float(np.median(share)) < grainy:
         # in a photo with grain nearly everywhere, a tile mostly on one exact plateau was
-        # posterized to a single level (a smooth area flattened), whatever the levels around it
-        occ = np.where(share >= 0.5, np.fmin(occ, 0.01 + 0.1 * (1.0 - share)), occ).astype(np.float32)
+        # posterized to a single level (a smooth area flattened), whatever the levels around it;
+        # not a plateau at the image's top level in some channel: blown out (and darkened since)
+        top = (r == r.max()) | (g == g.max()) | (b == b.max())
+        fill = tiles(flat & ~top, tile).mean(axis=-1)
+        occ = np.where(fill >= 0.5, np.fmin(occ, 0.01 + 0.1 * (1.0 - fill)), occ).astype(np.float32)
     half = tile // 2
     for row, col in zip(*np.nonzero(~np.isfinite(occ) & (share >= 0.5))):
         ys = slice(max(0, row * tile - half), (row + 1) * tile + half)
