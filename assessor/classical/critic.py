@@ -536,7 +536,7 @@ class ClassicalAssessor(AssessorBackend):
         crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
         y = cues.luminance(crop)
         # the photo's grid, or the image origin's (a region pasted from a compressed copy)
-        for px, py in {look.phase, (7, 7)}:
+        for px, py in dict.fromkeys([look.phase, (7, 7)]):
             # a region has fewer blocks: fewer nonzero values suffice, the finding is there already
             quality, lattice = cues.jpeg_quality(crop, y, ((px - x0) % 8, (py - y0) % 8), min_count=10)
             if np.isfinite(quality):

@@ -273,8 +273,8 @@ def quantization_step(coefficients: np.ndarray, min_count: int = 40, lattice: fl
     k = int(np.flatnonzero(ok)[-1])
     # a step a little larger than the true one still fits the few multiples a coarse step leaves:
     # take the best fit just below the largest
-    near = np.arange(len(_STEP_CANDIDATES)) >= k - max(1, k // 8)
-    k = int(np.argmax(np.where(ok & near[: len(ok)] & (np.arange(len(ok)) <= k), fit, -1.0)))
+    idx = np.arange(len(ok))
+    k = int(np.argmax(np.where(ok & (idx >= k - max(1, k // 8)) & (idx <= k), fit, -1.0)))
     return float(_STEP_CANDIDATES[k])
 
 
@@ -298,9 +298,10 @@ def jpeg_quality(
 ) -> tuple[float, float]:
     """The JPEG quality (1..100, libjpeg's scale) a photo was last saved at, from the quantization
     steps of its low-frequency luma coefficients on the 8x8 grid after ``phase`` (as returned by
-    ``blockiness``; each from at least ``min_count`` nonzero values), and the share of those coefficients still on the steps' lattice (1 as decoded,
-    less once filtered). Quality nan (share 0) when the coefficients show no quantization at all:
-    never compressed, resampled since, or only part of the image compressed.
+    ``blockiness``; each step from at least ``min_count`` nonzero values), and the share of those
+    coefficients still on the steps' lattice (1 as decoded, less once filtered). Quality nan
+    (share 0) when the coefficients show no quantization at all: never compressed, resampled
+    since, or only part of the image compressed.
 
     Unlike how much block borders stand out, which depends on what the blocks show, the steps are
     the same for every photo saved at one quality."""

@@ -22,7 +22,8 @@ CURVES: dict[str, tuple[tuple[float, float], ...]] = {
     "noise": ((1.2, 0.0), (2.32, 0.37), (4.2, 0.65), (6.94, 0.84), (10.3, 0.94), (15.5, 0.98), (25.0, 1.0)),
     # 8x8 blockiness ratio, where the quantization cannot be read
     "jpeg": ((0.08, 0.0), (0.27, 0.33), (0.44, 0.39), (0.59, 0.47), (0.98, 0.56), (1.5, 0.69), (3.0, 0.85)),
-    # JPEG quality read from the quantization steps (libjpeg's 1..100 scale); falls as damage grows
+    # JPEG quality read from the quantization steps (libjpeg's 1..100 scale); falls as damage grows.
+    # Levels 1..5 are saved at exactly 50, 30, 18, 10, 5; at 90 and above nothing shows.
     "jpeg_quality": ((90.0, 0.0), (50.0, 0.33), (30.0, 0.39), (18.2, 0.47), (10.0, 0.56), (5.0, 0.69), (1.0, 0.85)),
     # blown-out pixel fraction
     "overexposure": ((0.02, 0.0), (0.04, 0.09), (0.14, 0.19), (0.26, 0.31), (0.38, 0.46), (0.5, 0.56), (0.8, 0.8)),
