@@ -381,3 +381,12 @@ def test_a_smooth_area_posterized_to_one_level_is_found(critic):
     box = (311, 266, 433, 381)
     d = critic.assess(degrade_region(moon, "artifact", 4, box).image)
     assert d.worst is not None and d.worst.distortion == "artifact" and hit(d.worst.bbox, box), d.regions
+
+
+def test_a_blurred_patch_joined_to_the_frame_only_by_a_plain_area_is_not_depth_of_field(critic):
+    """The cameraman's coat is featureless: it joins a blurred patch on it to the frame's edge,
+    but the soft tiles themselves stay inside, as a damaged patch does (a background runs out)."""
+    camera = benchdata.load_photo("camera")
+    box = (24, 131, 192, 283)
+    d = critic.assess(degrade_region(camera, "blur", 3, box, shape="ellipse", feather=4.0).image)
+    assert d.worst is not None and d.worst.distortion == "blur" and hit(d.worst.bbox, box), d.regions

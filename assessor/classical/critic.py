@@ -204,23 +204,29 @@ class ClassicalAssessor(AssessorBackend):
         )
         n, labels, comp, _ = cv2.connectedComponentsWithStats(joined.astype(np.uint8), connectivity=8)
         dof = np.zeros_like(soft_map)
-        rows, cols = soft_map.shape
         if sharp_ref < 1.0:
             at_border_soft = []
             for k in range(1, n):
                 member = labels == k
-                soft_sig = sig[soft_map & member]
+                soft_here = soft_map & member
+                soft_sig = sig[soft_here]
                 if soft_sig.size < 3:
                     continue
-                x, y, bw, bh, area = comp[k]
-                share = area / soft_map.size
-                at_border = x == 0 or y == 0 or x + bw == cols or y + bh == rows
+                share = comp[k][cv2.CC_STAT_AREA] / soft_map.size
+                # the soft tiles themselves run out of the frame (a background does), not only the
+                # featureless ones joining them (a blurred patch next to a plain wall)
+                at_border = bool(
+                    soft_here[0].any()
+                    or soft_here[-1].any()
+                    or soft_here[:, 0].any()
+                    or soft_here[:, -1].any()
+                )
                 # defocus grows with distance from the focal plane: graded softness, often running
                 # out of the frame; a damaged patch is soft evenly and sits inside it
                 graded = np.percentile(soft_sig, 80) >= 1.8 * np.percentile(soft_sig, 20)
                 if share >= cfg.dof_area or (at_border and (share >= 0.15 or graded)):
                     dof |= member
-                elif share >= 0.04 and _runs_out_of_frame(soft_map & member, look.shape[:2], tile):
+                elif share >= 0.04 and _runs_out_of_frame(soft_here, look.shape[:2], tile):
                     at_border_soft.append(member)
             # once the photo shows depth of field, smaller soft areas running out of the frame are
             # more of it (an ear or a shoulder nearer the lens than the focal plane)
