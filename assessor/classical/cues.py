@@ -310,18 +310,19 @@ def jpeg_quality(
     h, w = (y.shape[0] - oy) // 8 * 8, (y.shape[1] - ox) // 8 * 8
     if h < 8 or w < 8:
         return none
-    blocks = (y[oy : oy + h, ox : ox + w] - 128.0).reshape(h // 8, 8, w // 8, 8).transpose(0, 2, 1, 3)
+    # an even subsample of the blocks (every s-th block row and column, about max_blocks or up to
+    # four times as many): enough for the histograms, and fast on large images
+    s = max(1, int(np.sqrt((h // 8) * (w // 8) / max_blocks)))
+    grid = np.s_[::s, :, ::s]
+    blocks = (y[oy : oy + h, ox : ox + w].reshape(h // 8, 8, w // 8, 8)[grid] - 128.0).transpose(0, 2, 1, 3)
+    c = rgb[oy : oy + h, ox : ox + w].reshape(h // 8, 8, w // 8, 8, 3)[grid].transpose(0, 2, 1, 3, 4)
     # a channel clipped at 0 or 255 breaks the lattice: skip those blocks
-    c = np.ascontiguousarray(rgb[oy : oy + h, ox : ox + w])
-    clipped = (channel_max(c) == 255) | (np.minimum(np.minimum(c[..., 0], c[..., 1]), c[..., 2]) == 0)
-    keep = ~clipped.reshape(h // 8, 8, w // 8, 8).any(axis=(1, 3))
+    keep = ~((c.max(axis=-1) == 255) | (c.min(axis=-1) == 0)).any(axis=(2, 3))
     # a block of two or three flat levels (posterized, line art) has a few discrete coefficients
     # that can pass for a lattice; a decoded JPEG block is a sum of cosines: many levels
-    levels = np.sort(np.rint(blocks.reshape(h // 8, w // 8, 64)), axis=-1)
+    levels = np.sort(np.rint(blocks.reshape(*blocks.shape[:2], 64)), axis=-1)
     keep &= (np.diff(levels, axis=-1) > 0).sum(axis=-1) >= 4
     blocks = blocks[keep]
-    if len(blocks) > max_blocks:  # an even subsample: enough for the histogram, and fast
-        blocks = blocks[:: int(np.ceil(len(blocks) / max_blocks))]
     scales, shares = [], []
     for (u, v), base in JPEG_STEPS_Q50.items():
         coef = np.einsum("i,nij,j->n", _DCT8[u], blocks, _DCT8[v], optimize=True)
@@ -329,12 +330,12 @@ def jpeg_quality(
         if step > 0:
             scales.append(step / base)
             shares.append(lattice_share(coef, step))
-    s = float(np.median(scales)) if scales else 0.0
-    agree = [abs(x / s - 1.0) <= 0.15 for x in scales] if s > 0 else []
+    scale = float(np.median(scales)) if scales else 0.0
+    agree = [abs(x / scale - 1.0) <= 0.15 for x in scales] if scale > 0 else []
     if sum(agree) < 3:  # most low frequencies must agree on one table
         return none
     shares = [sh for sh, ok in zip(shares, agree) if ok]
-    quality = float(np.clip(50.0 / s if s >= 1.0 else 100.0 - 50.0 * s, 1.0, 100.0))
+    quality = float(np.clip(50.0 / scale if scale >= 1.0 else 100.0 - 50.0 * scale, 1.0, 100.0))
     return quality, float(np.median(shares))
 
 
