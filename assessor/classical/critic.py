@@ -30,6 +30,7 @@ from .severity import area_weight, score_from, severity
 
 MIN_CLUSTER = 4  # noisy zoom tiles side by side that confirm noise in part of a suspected region
 JPEG_PLATEAUS = 0.2  # 8x8 blockiness from which flat plateaus are read as compression, not banding
+REDUCED_LOOK = 0.9  # a look reduced below this scale correlates grain: whiteness no longer tells it
 WARM_TOLERANCE = 2.0  # a warm light counts as a cast this many times weaker (whole-image grade)
 GREY = 0.05  # log-chroma below which a surface reads as grey (a black-and-white photo's, nearly all)
 TINT_AREA = 0.35  # largest share of a black-and-white photo a tint is looked for in
@@ -272,7 +273,7 @@ class ClassicalAssessor(AssessorBackend):
             "blur": severity("blur", look.sharp_ref),
             # a reduced look correlates the grain (no longer white): the native zoom checks it
             "noise": severity("noise", look.noise_floor)
-            if look.whiteness > 1.25 or look.scale < 0.9
+            if look.whiteness > 1.25 or look.scale < REDUCED_LOOK
             else 0.0,
             # the quantization steps say how hard the whole image was compressed whatever it shows,
             # as far as its coefficients still sit on their lattice (deblocking moves them off);
@@ -331,7 +332,8 @@ class ClassicalAssessor(AssessorBackend):
                     "edges wider than in the sharpest parts",
                 ),
                 "noise": (
-                    (noise > max(2.0 * floor, floor + 2.5)) & ((st.whiteness > 1.35) | (look.scale < 0.9)),
+                    (noise > max(2.0 * floor, floor + 2.5))
+                    & ((st.whiteness > 1.35) | (look.scale < REDUCED_LOOK)),
                     noise,
                     t_look,
                     "fine grain well above the image's own noise floor",
@@ -757,7 +759,9 @@ class ClassicalAssessor(AssessorBackend):
         # in a black-and-white photo any colour is a tint: the rest of the image says what its
         # surfaces look like, whatever the region's context ring (a tinted zoom context) says
         tint = float(np.hypot(i["chroma_a"], i["chroma_b"])) if np.isfinite(i["chroma_a"]) else 0.0
-        black_and_white = self._colourless_elsewhere(look, z.zoom.box)
+        # (asked only where a tint or blown highlights need the answer)
+        needed = ("color_cast" not in found and tint > 0.15) or "overexposure" in found
+        black_and_white = needed and self._colourless_elsewhere(look, z.zoom.box)
         if "color_cast" not in found and tint > 0.15 and black_and_white:
             found["color_cast"] = Finding(
                 "color_cast",

@@ -317,7 +317,9 @@ def jpeg_quality(
     blocks = (y[oy : oy + h, ox : ox + w].reshape(h // 8, 8, w // 8, 8)[grid] - 128.0).transpose(0, 2, 1, 3)
     c = rgb[oy : oy + h, ox : ox + w].reshape(h // 8, 8, w // 8, 8, 3)[grid].transpose(0, 2, 1, 3, 4)
     # a channel clipped at 0 or 255 breaks the lattice: skip those blocks
-    keep = ~((c.max(axis=-1) == 255) | (c.min(axis=-1) == 0)).any(axis=(2, 3))
+    keep = ~((channel_max(c) == 255) | (np.minimum(np.minimum(c[..., 0], c[..., 1]), c[..., 2]) == 0)).any(
+        axis=(2, 3)
+    )
     # a block of two or three flat levels (posterized, line art) has a few discrete coefficients
     # that can pass for a lattice; a decoded JPEG block is a sum of cosines: many levels
     levels = np.sort(np.rint(blocks.reshape(*blocks.shape[:2], 64)), axis=-1)
