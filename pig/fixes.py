@@ -14,10 +14,17 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from assessor.classical.cues import IMMERKAER, IMMERKAER_GAIN
+from assessor.classical.cues import (
+    IMMERKAER,
+    IMMERKAER_GAIN,
+    mirror_pairs,
+    refine_border,
+    seam_reading,
+)
 from assessor.degrade import linear_to_srgb, srgb_to_linear
 
 LUMA = np.array([0.299, 0.587, 0.114])
+SEAM_AGREEMENT = 0.85  # pairs across a given box's border stepping the defect's way: keep the box
 MIN_COVERAGE = 0.7  # share of the border that must step the defect's way (a content edge rarely does)
 
 
@@ -489,27 +496,65 @@ def localize(rgb: np.ndarray, mask: np.ndarray | None, box, kind: str) -> Area:
                 soft[soft < 1.0 / 512] = 0.0
                 return Area(soft, hard, _ring_of(hard, mask), "levels", hard, {"step": q})
         return Area(_box_soft((h, w), box, allowed), core, ring0, "box", core, {"step": q})
+    if kind in TONE_KINDS:
+        # a box the critic already put on a border that steps all around (a seam) is kept as is
+        reading = seam_reading(rgb, (x0, y0, x1, y1))
+        agree = _tone_agreement(reading, kind)
+        if agree >= SEAM_AGREEMENT:
+            hard = core
+            data = {"box": [x0, y0, x1, y1], "shape": "rect", "coverage": round(agree, 3), "consistent": True}
+            pairs = mirror_pairs(hard, (x0, y0, x1, y1), "rect")
+            soft = np.minimum(hard.astype(np.float32), allowed)
+            return Area(soft, hard, _ring_of(hard, mask), "seam-rect", hard, data, pairs)
     f, sign, data = _snap_feature(rgb, kind, box, ring0)
     bw, bh = x1 - x0, y1 - y0
     radius = int(max(12, 0.25 * min(bw, bh)))
     snapped_box, snapped = snap_box(f, (x0, y0, x1, y1), sign, radius)
+    if snapped >= 3 and kind in TONE_KINDS:
+        snapped_box = refine_border(rgb, snapped_box)  # windowed features blur the border
     if snapped >= 3:
         rect = _shape_mask((h, w), snapped_box, "rect", 0.0)
         ell = _shape_mask((h, w), snapped_box, "ellipse", 0.0)
-        shape = "ellipse" if _boundary_step(f, ell, sign) > 1.15 * _boundary_step(f, rect, sign) else "rect"
+        agree = None
+        if kind == "low_contrast":
+            # local spread straddles the border: judge the shape on pixels, as the critic does
+            agree = {sh: _contrast_agreement(rgb, snapped_box, sh) for sh in ("rect", "ellipse")}
+            shape = "ellipse" if agree["ellipse"] > agree["rect"] + 0.05 else "rect"
+        else:
+            shape = (
+                "ellipse" if _boundary_step(f, ell, sign) > 1.15 * _boundary_step(f, rect, sign) else "rect"
+            )
         hard = (ell if shape == "ellipse" else rect) > 0.5
-        soft = np.minimum(
-            _shape_mask((h, w), snapped_box, shape, 2.5 if shape == "ellipse" else 0.7), allowed
-        )
+        # a tone map corrected across a hard border would tint a line of clean pixels outside it:
+        # a rectangle whose border was put on the exact pixel line is pasted with a hard edge
+        feather = 2.5 if shape == "ellipse" else (0.0 if kind in TONE_KINDS else 0.7)
+        soft = np.minimum(_shape_mask((h, w), snapped_box, shape, feather), allowed)
         data["box"] = [int(v) for v in snapped_box]
         data["shape"] = shape
         pin, pout = mirror_pairs(hard, snapped_box, shape)
         steps = sign * (f[pin] - f[pout])
         med = float(np.median(steps)) if steps.size else 0.0
         data["coverage"] = round(float((steps > 0.3 * med).mean()), 3) if steps.size and med > 0 else 0.0
+        if agree is not None:
+            data["coverage"] = round(agree[shape], 3)
         data["consistent"] = data["coverage"] >= MIN_COVERAGE
         return Area(soft, hard, _ring_of(hard, mask), f"snapped-{shape}", hard, data, (pin, pout))
     return Area(_box_soft((h, w), box, allowed), core, ring0, "box", core, data)
+
+
+def _tone_agreement(reading, kind: str) -> float:
+    """Share of pairs across a border that step the way ``kind`` steps (see cues.SeamReading)."""
+    if reading is None:
+        return 0.0
+    if kind == "low_contrast":
+        return reading.contrast_coverage
+    if kind == "color_cast":
+        return reading.chroma_coverage
+    return reading.exposure_coverage
+
+
+def _contrast_agreement(rgb: np.ndarray, box, shape: str) -> float:
+    return _tone_agreement(seam_reading(rgb, box, shape), "low_contrast")
 
 
 def _box_soft(shape: tuple[int, int], box, allowed: np.ndarray) -> np.ndarray:
@@ -532,7 +577,7 @@ def fix_tones(
     if mask is None or box is None:
         return fix_tones_global(rgb, kind, amount)
     area = localize(rgb, mask, box, kind)
-    if not area.how.startswith("snapped") or not area.data.get("consistent", False):
+    if not area.how.startswith(("snapped", "seam")) or not area.data.get("consistent", False):
         return Fix(
             rgb.copy(), info={"area": area.how, "skipped": "no border that steps the same way all around"}
         )
@@ -587,45 +632,20 @@ def fix_tones(
         out = linear_to_srgb(lin / g[None, None, :])
     # a real defect comes back looking like its surroundings; content that only looked like one
     # (a dark object, a coloured wall) blows out or clips instead
-    fixed = np.clip(out, 0.0, 1.0)
     inner = hard > 0.5
-    clip_in = float(((fixed[inner] >= 0.995) | (fixed[inner] <= 0.005)).all(axis=1).mean())
+    if kind == "low_contrast":
+        # a stretch overshoots where it is wrong; a right one only brings back blacks and whites
+        # the region had (an astronaut's white suit), a little past them with estimation error
+        over = out[inner]
+        clip_in = float(((over >= 1.15) | (over <= -0.15)).all(axis=1).mean())
+    else:
+        fixed = np.clip(out, 0.0, 1.0)
+        clip_in = float(((fixed[inner] >= 0.995) | (fixed[inner] <= 0.005)).all(axis=1).mean())
     clip_out = float(((x[pout] >= 0.995) | (x[pout] <= 0.005)).all(axis=1).mean())
     info["clipped"] = round(clip_in, 3)
     if clip_in > clip_out + 0.1:
         return Fix(rgb.copy(), info={**info, "skipped": "the correction would clip the region"})
     return Fix(blend(rgb, to_u8(out * 255.0), amount), mask=area.soft, info=info)
-
-
-def mirror_pairs(hard: np.ndarray, box, shape: str, near: float = 2.0, far: float = 8.0):
-    """Pixels just inside a rectangle / ellipse border and their mirror images just outside it.
-
-    In the shape's normalised coordinates (the border at radius 1; L-infinity for a rectangle, L2
-    for an ellipse) a point at radius r maps to 2 - r along the same ray: adjacent pixels across
-    the border, which see the same content, so their ratio measures the defect alone."""
-    h, w = hard.shape
-    x0, y0, x1, y1 = box
-    cx, cy = (x0 + x1 - 1) / 2.0, (y0 + y1 - 1) / 2.0
-    hx, hy = max((x1 - x0) / 2.0, 1.0), max((y1 - y0) / 2.0, 1.0)
-    ys, xs = np.nonzero(hard)
-    u, v = (xs - cx) / hx, (ys - cy) / hy
-    r = np.maximum(np.abs(u), np.abs(v)) if shape == "rect" else np.hypot(u, v)
-    # distance to the border in pixels, approximately
-    scale = (
-        np.where(np.abs(u) * hx >= np.abs(v) * hy, hx, hy)
-        if shape == "rect"
-        else np.hypot(hx * u, hy * v) / np.maximum(r, 1e-6)
-    )
-    dist = (1.0 - r) * scale
-    sel = (dist >= near) & (dist <= far) & (r > 0.05)
-    xs, ys, u, v, r = xs[sel], ys[sel], u[sel], v[sel], r[sel]
-    k = (2.0 - r) / r
-    mx = np.round(cx + u * k * hx).astype(int)
-    my = np.round(cy + v * k * hy).astype(int)
-    ok = (mx >= 0) & (mx < w) & (my >= 0) & (my < h)
-    xs, ys, mx, my = xs[ok], ys[ok], mx[ok], my[ok]
-    ok = ~hard[my, mx]
-    return (ys[ok], xs[ok]), (my[ok], mx[ok])
 
 
 # ----------------------------------------------------------------------------- tones (global)

@@ -11,6 +11,7 @@ import pytest
 from assessor import benchdata, load_assessor
 from assessor.degrade import apply_distortion, degrade_region, region_mask
 from assessor.schema import Diagnosis
+from assessor.zoom import box_iou
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +222,9 @@ def test_a_defect_confirmed_by_two_zooms_counts_once(astronaut, monkeypatch):
     once = critic.assess(noisy)
     # every suspect zoomed twice: the same findings, found twice
     monkeypatch.setattr(
-        critic, "_candidates", lambda look, shape: [c for c in candidates(look, shape) for _ in (0, 1)]
+        critic,
+        "_candidates",
+        lambda look, shape, seams: [c for c in candidates(look, shape, seams) for _ in (0, 1)],
     )
     twice = critic.assess(noisy)
     assert len([s for s in twice.trace if s.tool_call]) > len([s for s in once.trace if s.tool_call])
@@ -390,3 +393,34 @@ def test_a_blurred_patch_joined_to_the_frame_only_by_a_plain_area_is_not_depth_o
     box = (24, 131, 192, 283)
     d = critic.assess(degrade_region(camera, "blur", 3, box, shape="ellipse", feather=4.0).image)
     assert d.worst is not None and d.worst.distortion == "blur" and hit(d.worst.bbox, box), d.regions
+
+
+@pytest.fixture(scope="module")
+def bench_local():
+    photos = {n: benchdata.load_photo(n) for n in benchdata.PHOTOS}
+    return {c.name: c for c in benchdata.local_cases(photos)}
+
+
+@pytest.mark.parametrize(
+    "case, kind",
+    [
+        ("camera/local-underexposure/0", "underexposure"),
+        ("hopper/local-low_contrast/0", "low_contrast"),
+        ("camera/local-color_cast/0", "color_cast"),
+    ],
+)
+def test_a_patch_with_its_own_tone_map_is_found_by_its_border_to_the_pixel(critic, bench_local, case, kind):
+    c = bench_local[case]
+    d = critic.assess(c.image)
+    worst = d.worst
+    assert worst.distortion == kind and box_iou(worst.bbox, c.box) >= 0.97, (worst, c.box)
+    assert "border" in worst.reason
+
+
+def test_a_tinted_patch_does_not_pass_for_the_light_of_the_whole_image(critic, bench_local):
+    # the coffee photo with one rectangle tinted: the whole image's light colour, read with the
+    # patch's tone map undone, is neutral again; the patch is the finding
+    c = bench_local["coffee/local-color_cast/0"]
+    d = critic.assess(c.image)
+    assert not any(r.distortion == "color_cast" and r.bbox == [0, 0, 600, 400] for r in d.regions), d.regions
+    assert d.worst.distortion == "color_cast" and hit(d.worst.bbox, c.box)

@@ -211,3 +211,90 @@ def test_a_patch_flattened_to_one_level_is_banding_in_a_photo_not_in_a_graphic()
     graphic[:, :128] = (40, 90, 160)
     graphic[:, 128:] = (200, 180, 60)
     assert np.isnan(cues.banding_tiles(graphic, 32)[:, [0, 1, 6, 7]]).all()
+
+
+# ----------------------------------------------------------------------------- seams
+SEAM_BOX = (150, 190, 330, 330)  # on astronaut (512 x 512): the suit, the flag and the background
+CORNER_BOX = (40, 40, 200, 200)  # the background and the top of the helmet
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    return benchdata.load_photo("astronaut")
+
+
+@pytest.mark.parametrize(
+    "kind,level,where",
+    [
+        ("underexposure", 3, SEAM_BOX),
+        ("overexposure", 3, CORNER_BOX),
+        ("color_cast", 4, CORNER_BOX),
+        ("low_contrast", 4, SEAM_BOX),
+    ],
+)
+def test_a_patch_with_its_own_tone_map_is_found_by_its_border_and_read(astronaut, kind, level, where):
+    d = degrade_region(astronaut, kind, level, where, np.random.default_rng(2))
+    seams = cues.seams(d.image)
+    assert seams, "no rectangle with a stepped border found"
+    best = max(seams, key=lambda s: _iou(s.box, where))
+    assert _iou(best.box, where) >= 0.8
+    box = cues.refine_border(d.image, cues.snap_seam(d.image, best, 4))
+    assert box == where  # on the exact pixel lines
+    reading = cues.seam_reading(d.image, box)
+    found, value, _ = cues.seam_defect(reading)
+    assert found == kind
+    if kind == "underexposure":  # the sRGB gain of level 3 (0.25 in linear light)
+        assert value == pytest.approx(0.25 ** (1 / 2.2), abs=0.03)
+    if kind == "low_contrast":
+        assert value == pytest.approx(0.28, abs=0.05)
+
+
+def test_content_rectangles_are_not_tone_defects():
+    # the motorcycle scene is full of boxes, some of them brighter or more colourful than their
+    # surroundings; none of them is a patch with its own exposure or tint
+    img = benchdata.load_photo("motorcycle")
+    for s in cues.seams(cv2.resize(img, (512, 346), interpolation=cv2.INTER_AREA)):
+        box = tuple(int(round(v * img.shape[1] / 512)) for v in s.box)
+        box = (box[0], box[1], min(box[2], img.shape[1]), min(box[3], img.shape[0]))
+        reading = cues.seam_reading(img, cues.refine_border(img, box))
+        defect = cues.seam_defect(reading) if reading is not None else None
+        assert defect is None or (defect[0] == "color_cast" and s.coverage < 0.85), (s, defect)
+
+
+def test_a_flat_area_framed_by_grain_is_not_lost_contrast():
+    # the benchmark's rocket/local-noise/0: the smooth area below the noisy patch is flatter than
+    # everything around it, but nothing continues across its border
+    from assessor.classical.critic import ClassicalAssessor
+    from assessor.degrade import random_box
+
+    img = benchdata.load_photo("rocket")
+    rng = np.random.default_rng([0, 1003, 1, 0])
+    box = random_box((img.shape[1], img.shape[0]), rng, (0.2, 0.4))
+    d = degrade_region(img, "noise", int(rng.integers(3, 6)), box, rng)
+    critic = ClassicalAssessor()
+    found = critic._read_seams(d.image, critic._global_look(d.image))
+    assert all(f.distortion != "low_contrast" for f in found), found
+
+
+def test_no_seam_on_clean_photos():
+    for name in ("astronaut", "camera", "coffee"):
+        img = benchdata.load_photo(name)
+        for s in cues.seams(img):
+            reading = cues.seam_reading(img, cues.refine_border(img, s.box))
+            assert reading is None or cues.seam_defect(reading) is None, (name, s)
+
+
+def test_undo_tone_restores_an_underexposed_patch(astronaut):
+    d = degrade_region(astronaut, "underexposure", 3, SEAM_BOX, np.random.default_rng(2))
+    reading = cues.seam_reading(d.image, SEAM_BOX)
+    x0, y0, x1, y1 = SEAM_BOX
+    back = cues.undo_tone(d.image[y0:y1, x0:x1], "underexposure", reading)
+    err = np.abs(back.astype(int) - astronaut[y0:y1, x0:x1].astype(int))
+    assert np.median(err) <= 2
+
+
+def _iou(a, b) -> float:
+    iw = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)

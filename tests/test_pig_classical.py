@@ -129,3 +129,18 @@ def test_fixes_leave_a_clean_image_alone_when_they_measure_nothing(photo):
 def test_other_distortions_are_skipped_and_nothing_changes(photo):
     out, mask, info = refine_local(photo, "other")
     assert np.array_equal(out, photo) and "no classical fix" in info["skipped"]
+
+
+@pytest.mark.parametrize("kind,level", [("low_contrast", 4), ("underexposure", 3)])
+def test_a_box_already_on_the_border_is_kept_and_pasted_with_a_hard_edge(photo, kind, level):
+    # the critic reads a patch with its own tone map off its border, to the pixel: the fix keeps
+    # that box (a windowed feature would pull a snapped side a few pixels inside), corrects the
+    # whole patch, and leaves every pixel outside it as it was (no tinted outline)
+    d = degrade_region(photo, kind, level, TRUE_BOX, np.random.default_rng(1))
+    out, _, info = refine_local(d.image, kind, box=TRUE_BOX)
+    assert info["area"] == "seam-rect"
+    x0, y0, x1, y1 = TRUE_BOX
+    inside = np.zeros(photo.shape[:2], bool)
+    inside[y0:y1, x0:x1] = True
+    assert np.array_equal(out[~inside], d.image[~inside])
+    assert masked_psnr(out, photo, inside) >= masked_psnr(d.image, photo, inside) + 10.0

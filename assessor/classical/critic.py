@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -24,7 +24,7 @@ import numpy as np
 from ..backends import AssessorBackend
 from ..imageio import as_rgb8, check_image_size
 from ..schema import Diagnosis, Region, ToolCall, TraceStep
-from ..zoom import Zoom, box_iou, crop_zoom
+from ..zoom import Zoom, box_intersection, box_iou, crop_zoom
 from . import cues
 from .severity import area_weight, score_from, severity
 
@@ -34,6 +34,14 @@ REDUCED_LOOK = 0.9  # a look reduced below this scale correlates grain: whitenes
 WARM_TOLERANCE = 2.0  # a warm light counts as a cast this many times weaker (whole-image grade)
 GREY = 0.05  # log-chroma below which a surface reads as grey (a black-and-white photo's, nearly all)
 TINT_AREA = 0.35  # largest share of a black-and-white photo a tint is looked for in
+TONE_KINDS = ("underexposure", "overexposure", "low_contrast", "color_cast")
+CAST_SEAM = 0.85  # border coverage a tinted rectangle needs (coloured boxes are common content)
+SEAM_WHY = {  # why a rectangle confirmed by its border was zoomed on
+    "underexposure": "its border steps down in brightness all around",
+    "overexposure": "its border steps up in brightness all around",
+    "color_cast": "its border steps in colour the same way all around",
+    "low_contrast": "its border steps down in local contrast all around",
+}
 
 
 @dataclass
@@ -43,6 +51,8 @@ class ClassicalConfig:
     zoom_tile: int = 32  # tile side of native measurements in a zoom
     zoom_size: int = 512  # a zoomed crop larger than this is reduced to it (blur/noise stay in native units)
     max_zooms: int = 6  # at most this many local candidates are re-examined
+    max_seams: int = 2  # of which at most this many rectangles confirmed by their borders
+    seam_reads: int = 8  # rectangles with stepped borders read at native resolution
     min_severity: float = 0.15  # confirmed findings below this are not reported as regions
     context: float = 0.5  # context kept around a candidate when zooming (fraction of its size)
     dof_area: float = 0.3  # a soft area larger than this next to sharp content reads as depth of field
@@ -55,6 +65,7 @@ class Candidate:
     estimate: float  # severity suspected from the global look
     why: str
     priority: float = 0.0
+    finding: Finding | None = None  # already read off the region's border (a seam)
 
 
 @dataclass
@@ -80,6 +91,8 @@ class Look:
     whiteness: float
     soft_fraction: float  # share of edge tiles that are soft (depth of field when large)
     dof: np.ndarray  # look tiles of a large soft area next to sharp content: intended depth of field
+    seams: list[cues.Seam]  # rectangles whose border steps one way all around (native pixels, unsnapped)
+    image: np.ndarray  # the reduced image looked at
 
 
 @dataclass
@@ -115,6 +128,7 @@ class Finding:
     reason: str
     box: tuple[int, int, int, int]
     value: float = float("nan")
+    reading: cues.SeamReading | None = None  # the tone map read across its border (a seam)
 
 
 def _pct(a: np.ndarray, q: float, default: float = float("nan")) -> float:
@@ -151,6 +165,12 @@ def _quantization_severity(quality: float, lattice: float) -> float:
     are still on their lattice (about 1 as decoded; filtering moves them off, a box reaching past
     the compressed area adds some that never were)."""
     return severity("jpeg_quality", quality) * float(np.clip((lattice - 0.5) / 0.35, 0.0, 1.0))
+
+
+def _explained_by(f: Finding, seam: Finding) -> bool:
+    kinds = TONE_KINDS + (("blur",) if seam.distortion == "low_contrast" else ())
+    area = max((f.box[2] - f.box[0]) * (f.box[3] - f.box[1]), 1)
+    return f.distortion in kinds and box_intersection(f.box, seam.box) >= 0.7 * area
 
 
 def _select(centres: tuple[np.ndarray, np.ndarray], box) -> np.ndarray:
@@ -234,6 +254,21 @@ class ClassicalAssessor(AssessorBackend):
             if dof.any():
                 for member in at_border_soft:
                     dof |= member
+        lh, lw = look.shape[:2]
+        seams = [
+            cues.Seam(
+                (
+                    round(sm.box[0] / scale),
+                    round(sm.box[1] / scale),
+                    w if sm.box[2] >= lw else min(w, round(sm.box[2] / scale)),
+                    h if sm.box[3] >= lh else min(h, round(sm.box[3] / scale)),
+                ),
+                sm.feature,
+                sm.sign,
+                sm.coverage,
+            )
+            for sm in cues.seams(look)
+        ]
         return Look(
             scale=scale,
             stats=stats,
@@ -254,6 +289,8 @@ class ClassicalAssessor(AssessorBackend):
             whiteness=_pct(stats.whiteness, 50, 0.0),
             soft_fraction=float(soft.mean()) if edges.sum() >= 4 else 0.0,
             dof=dof,
+            seams=seams,
+            image=look,
         )
 
     @staticmethod
@@ -309,7 +346,9 @@ class ClassicalAssessor(AssessorBackend):
             )
             yield box, labels == i
 
-    def _candidates(self, look: Look, shape: tuple[int, int]) -> list[Candidate]:
+    def _candidates(
+        self, look: Look, shape: tuple[int, int], seam_findings: list[Finding]
+    ) -> list[Candidate]:
         h, w = shape
         st = look.stats
         t_look = st.tile / look.scale
@@ -396,7 +435,13 @@ class ClassicalAssessor(AssessorBackend):
         best_of_kind: dict[str, Candidate] = {}
         for cand in found:
             best_of_kind.setdefault(cand.distortion, cand)
-        ordered = sorted(best_of_kind.values(), key=lambda c: -c.priority)
+        # a border stepping the same way all around, with a tone map that explains it, is the most
+        # specific lead there is: such rectangles first
+        ordered = [
+            Candidate(f.box, f.distortion, f.severity, SEAM_WHY[f.distortion], finding=f)
+            for f in seam_findings[: self.config.max_seams]
+        ]
+        ordered += sorted(best_of_kind.values(), key=lambda c: -c.priority)
         ordered += [c for c in found if c not in ordered]
         chosen: list[Candidate] = []
         for cand in ordered:
@@ -793,6 +838,48 @@ class ClassicalAssessor(AssessorBackend):
         best.severity = float(np.clip(best.severity, 0.0, 1.0))
         return best
 
+    def _read_seams(self, rgb: np.ndarray, look: Look) -> list[Finding]:
+        found: list[Finding] = []
+        for sm in look.seams[: self.config.seam_reads]:
+            f = self._judge_seam(rgb, look, sm)
+            if f is not None and all(box_iou(f.box, g.box) < 0.5 for g in found):
+                found.append(f)
+        return found
+
+    @staticmethod
+    def _without_seams(look: Look, seam_findings: list[Finding]) -> Look:
+        if not seam_findings:
+            return look
+        img = look.image.copy()
+        s = look.scale
+        for f in seam_findings:
+            x0, y0, x1, y1 = (int(round(v * s)) for v in f.box)
+            img[y0:y1, x0:x1] = cues.undo_tone(img[y0:y1, x0:x1], f.distortion, f.reading)
+        cast, light, neutral = cues.cast_estimate(img)
+        return replace(look, exposure=cues.exposure_stats(img), cast=cast, light=light, neutral=neutral)
+
+    @staticmethod
+    def _judge_seam(rgb: np.ndarray, look: Look, seam: cues.Seam) -> Finding | None:
+        """A rectangle found by its border: snap the border onto native pixels and read the tone map
+        between the pixels just inside it and their mirror images just outside."""
+        box = cues.refine_border(rgb, cues.snap_seam(rgb, seam, int(np.ceil(2.0 / look.scale)) + 2))
+        reading = cues.seam_reading(rgb, box)
+        defect = cues.seam_defect(reading) if reading is not None else None
+        if defect is None:
+            return None
+        kind, value, why = defect
+        if kind == "color_cast" and seam.coverage < CAST_SEAM:
+            return None
+        if kind == "underexposure":
+            sev = severity("underexposure", value)
+        elif kind == "overexposure":  # as far above its surroundings as underexposure is below
+            sev = severity("underexposure", value)
+        elif kind == "color_cast":
+            sev = severity("color_cast", float(np.expm1(value)))
+        else:
+            sev = severity("low_contrast", 0.9 * value)
+        return Finding(kind, float(np.clip(sev, 0.0, 1.0)), why, box, value, reading)
+
     def _confirm_global(
         self, rgb: np.ndarray, look: Look, kind: str, suspicion: float
     ) -> tuple[float, str, TraceStep]:
@@ -858,7 +945,10 @@ class ClassicalAssessor(AssessorBackend):
         h, w = rgb.shape[:2]
         look = self._global_look(rgb)
         t_look = time.perf_counter()
-        sus = self._global_suspicions(look)
+        seam_findings = self._read_seams(rgb, look)
+        # a patch with its own exposure or tint must not pass for the whole image's: tones and
+        # light colour are read as they would be with the patch's tone map undone
+        sus = self._global_suspicions(self._without_seams(look, seam_findings))
         e = look.exposure
         lh, lw = round(h * look.scale), round(w * look.scale)
         trace = [
@@ -896,12 +986,13 @@ class ClassicalAssessor(AssessorBackend):
 
         global_kinds = {r.distortion for r in regions}
         counted: list[tuple[Finding, float]] = []  # local findings and their area weights
-        for cand in self._candidates(look, (h, w)):
+        seam_findings = [f for f in seam_findings if f.distortion not in global_kinds]
+        for cand in self._candidates(look, (h, w), seam_findings):
             if cand.distortion in global_kinds:
                 continue  # already everywhere; a local look adds nothing
             z = self._measure(rgb, cand.box, look)
             area = (cand.box[2] - cand.box[0]) * (cand.box[3] - cand.box[1]) / float(w * h)
-            f = self._judge(z, look, cand.box, area, global_kinds)
+            f = cand.finding or self._judge(z, look, cand.box, area, global_kinds)
             confirmed = bool(f.distortion) and f.severity >= self.config.min_severity
             numbers = {f"in_{k}": round(v, 4) for k, v in z.inside_stats.items() if np.isfinite(v)}
             numbers.update({f"ring_{k}": round(v, 4) for k, v in z.ring_stats.items() if np.isfinite(v)})
@@ -943,6 +1034,13 @@ class ClassicalAssessor(AssessorBackend):
                 counted.append((f, weight))
             elif f.severity * weight > counted[same][0].severity * counted[same][1]:
                 counted[same] = (f, weight)
+        # a tone map read off a region's border explains the tone cues measured inside it (blown
+        # tiles of a tinted patch, the faded edges of a flattened one)
+        counted = [
+            (f, weight)
+            for f, weight in counted
+            if any(f is g for g in seam_findings) or not any(_explained_by(f, g) for g in seam_findings)
+        ]
         findings += [(f.severity, weight) for f, weight in counted]
         regions += [
             Region(list(f.box), f.distortion, round(f.severity, 3), f.reason)

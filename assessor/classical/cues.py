@@ -625,3 +625,381 @@ def illuminant(rgb: np.ndarray, p: float = 6.0) -> np.ndarray:
 def cast_strength(light: np.ndarray) -> float:
     """How far a light colour (sum 3) is from neutral: max/min channel ratio minus one."""
     return float(light.max() / max(light.min(), 1e-6) - 1.0)
+
+
+# ----------------------------------------------------------------------------- seams
+SEAM_FEATURES = ("exposure", "red-green", "blue-green", "contrast")
+
+
+@dataclass
+class Seam:
+    """A rectangle whose border steps the same way nearly all around: a patch exposed, tinted or
+    flattened differently from its surroundings (a paste, an inpainted or re-rendered tile)."""
+
+    box: tuple[int, int, int, int]  # pixels of the image measured, x1/y1 exclusive
+    feature: str  # one of SEAM_FEATURES: what steps at the border
+    sign: float  # +1: higher inside
+    coverage: float  # share of the weakest side's length that steps
+
+
+def _seam_features(rgb: np.ndarray) -> dict[str, tuple[np.ndarray, float, int]]:
+    """Feature maps a tone defect shifts by one constant inside its area, with the step that counts
+    and the gap left at the border (a windowed feature straddles it)."""
+    lin = _LINEAR[rgb]
+    lum = lin @ np.array([0.2126, 0.7152, 0.0722], np.float32)
+    y = luminance(rgb) / 255.0
+    mu = cv2.blur(y, (5, 5))
+    spread = np.sqrt(np.maximum(cv2.blur(y * y, (5, 5)) - mu * mu, 0.0))
+    return {
+        # a gain in linear light adds log(gain) to log luminance
+        "exposure": (np.log(lum + 0.01), 0.2, 0),
+        # a cast adds log(gain ratio) to log channel ratios
+        "red-green": (np.log((lin[..., 0] + 0.01) / (lin[..., 1] + 0.01)), 0.1, 0),
+        "blue-green": (np.log((lin[..., 2] + 0.01) / (lin[..., 1] + 0.01)), 0.1, 0),
+        # lost contrast scales the local spread of tones
+        "contrast": (np.log(spread + 0.01), 0.35, 3),
+    }
+
+
+def _step_maps(f: np.ndarray, width: int = 3, gap: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """At x: mean of f over [x + gap, x + gap + width) minus mean over [x - gap - width, x - gap):
+    a border where the inside starts at column x (row y) peaks exactly there."""
+    c = width + gap
+    k = np.zeros(2 * c + 1, np.float32)
+    k[c + gap : c + gap + width] = 1.0 / width
+    k[c - gap - width : c - gap] = -1.0 / width
+    sx = cv2.filter2D(f, -1, k.reshape(1, -1), borderType=cv2.BORDER_REPLICATE)
+    sy = cv2.filter2D(f, -1, k.reshape(-1, 1), borderType=cv2.BORDER_REPLICATE)
+    return sx, sy
+
+
+def _line_candidates(evidence: np.ndarray, k: int, min_len: int) -> np.ndarray:
+    """Columns of ``evidence`` holding the longest runs of steps (short gaps bridged), strongest
+    ``k`` after suppressing neighbours within 2 columns."""
+    on = np.ascontiguousarray((cv2.boxFilter(evidence, -1, (1, 7), normalize=False) >= 4).T)
+    idx = np.arange(on.shape[1], dtype=np.int32)
+    last_off = np.maximum.accumulate(np.where(on, np.int32(-1), idx), axis=1)  # rows are lines here
+    runs = (idx - last_off).max(axis=1)
+    peak = cv2.dilate(runs.astype(np.float32).reshape(1, -1), np.ones((1, 5), np.uint8)).ravel()
+    cand = np.nonzero((runs >= min_len) & (runs >= peak))[0]
+    return np.sort(cand[np.argsort(-runs[cand], kind="stable")][:k])
+
+
+def seams(
+    rgb: np.ndarray,
+    min_coverage: float = 0.75,
+    min_area: float = 0.02,
+    max_area: float = 0.6,
+    lines: int = 16,
+) -> list[Seam]:
+    """Rectangles whose four sides (three where one is the frame's edge) step the same way in a
+    tone feature over at least ``min_coverage`` of their length, strongest first.
+
+    Content rarely does this: an object's outline steps one way here and the other way there, and
+    is seldom a rectangle. Candidate sides are the lines holding the longest runs of steps; every
+    combination of them is scored at once from cumulative sums of the step evidence."""
+    h, w = rgb.shape[:2]
+    found: list[Seam] = []
+    if min(h, w) < 32:
+        return found
+    for name, (f, step, gap) in _seam_features(rgb).items():
+        sx, sy = _step_maps(f, gap=gap)
+        for sign in (1.0, -1.0) if name != "contrast" else (-1.0,):  # more contrast is no defect
+            # a side is allowed one pixel of slack either way
+            left = cv2.dilate((sign * sx > step).astype(np.uint8), np.ones((1, 3), np.uint8))
+            right = cv2.dilate((-sign * sx > step).astype(np.uint8), np.ones((1, 3), np.uint8))
+            top = cv2.dilate((sign * sy > step).astype(np.uint8), np.ones((3, 1), np.uint8))
+            bottom = cv2.dilate((-sign * sy > step).astype(np.uint8), np.ones((3, 1), np.uint8))
+            min_len = max(12, min(h, w) // 10)
+            xl = np.concatenate([[0], _line_candidates(left, lines, min_len)])
+            xr = np.concatenate([_line_candidates(right, lines, min_len), [w]])
+            yt = np.concatenate([[0], _line_candidates(top.T, lines, min_len)])
+            yb = np.concatenate([_line_candidates(bottom.T, lines, min_len), [h]])
+            x0, x1, y0, y1 = (a.ravel() for a in np.meshgrid(xl, xr, yt, yb, indexing="ij"))
+            bw, bh = x1 - x0, y1 - y0
+            area = bw * bh / float(h * w)
+            real = (x0 > 0).astype(int) + (x1 < w) + (y0 > 0) + (y1 < h)
+            ok = (bw >= 12) & (bh >= 12) & (area >= min_area) & (area <= max_area) & (real >= 3)
+            ok &= (bw <= 4 * bh) & (bh <= 4 * bw)
+            x0, x1, y0, y1, bw, bh = x0[ok], x1[ok], y0[ok], y1[ok], bw[ok], bh[ok]
+            if x0.size == 0:
+                continue
+            xr_ = np.minimum(x1, w - 1)
+            yb_ = np.minimum(y1, h - 1)
+            cov = np.stack(
+                [
+                    np.where(x0 == 0, 1.0, _segment_sum(left, x0, y0, x0 + 1, y1) / bh),
+                    np.where(x1 == w, 1.0, _segment_sum(right, xr_, y0, xr_ + 1, y1) / bh),
+                    np.where(y0 == 0, 1.0, _segment_sum(top, x0, y0, x1, y0 + 1) / bw),
+                    np.where(y1 == h, 1.0, _segment_sum(bottom, x0, yb_, x1, yb_ + 1) / bw),
+                ]
+            ).min(axis=0)
+            for i in np.nonzero(cov >= min_coverage)[0]:
+                box = (int(x0[i]), int(y0[i]), int(x1[i]), int(y1[i]))
+                found.append(Seam(box, name, sign, float(cov[i])))
+    found.sort(key=lambda s: (-s.coverage, -(s.box[2] - s.box[0]) * (s.box[3] - s.box[1])))
+    kept: list[Seam] = []
+    for s in found:
+        if all(_iou(s.box, k.box) < 0.5 for k in kept):
+            kept.append(s)
+    return kept
+
+
+def _segment_sum(evidence: np.ndarray, x0, y0, x1, y1) -> np.ndarray:
+    """Sums of ``evidence`` over boxes [x0, x1) x [y0, y1) (arrays of boxes), from its integral."""
+    ii = cv2.integral(evidence)
+    return ii[y1, x1] - ii[y0, x1] - ii[y1, x0] + ii[y0, x0]
+
+
+def _iou(a, b) -> float:
+    iw = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / max(union, 1)
+
+
+def mirror_pairs(hard: np.ndarray, box, shape: str, near: float = 2.0, far: float = 8.0):
+    """Pixels just inside a rectangle / ellipse border and their mirror images just outside it.
+
+    In the shape's normalised coordinates (the border at radius 1; L-infinity for a rectangle, L2
+    for an ellipse) a point at radius r maps to 2 - r along the same ray: adjacent pixels across
+    the border, which see the same content, so their ratio measures the defect alone."""
+    h, w = hard.shape
+    x0, y0, x1, y1 = box
+    cx, cy = (x0 + x1 - 1) / 2.0, (y0 + y1 - 1) / 2.0
+    hx, hy = max((x1 - x0) / 2.0, 1.0), max((y1 - y0) / 2.0, 1.0)
+    ys, xs = np.nonzero(hard)
+    u, v = (xs - cx) / hx, (ys - cy) / hy
+    r = np.maximum(np.abs(u), np.abs(v)) if shape == "rect" else np.hypot(u, v)
+    # distance to the border in pixels, approximately
+    scale = (
+        np.where(np.abs(u) * hx >= np.abs(v) * hy, hx, hy)
+        if shape == "rect"
+        else np.hypot(hx * u, hy * v) / np.maximum(r, 1e-6)
+    )
+    dist = (1.0 - r) * scale
+    sel = (dist >= near) & (dist <= far) & (r > 0.05)
+    xs, ys, u, v, r = xs[sel], ys[sel], u[sel], v[sel], r[sel]
+    k = (2.0 - r) / r
+    mx = np.round(cx + u * k * hx).astype(int)
+    my = np.round(cy + v * k * hy).astype(int)
+    ok = (mx >= 0) & (mx < w) & (my >= 0) & (my < h)
+    xs, ys, mx, my = xs[ok], ys[ok], mx[ok], my[ok]
+    ok = ~hard[my, mx]
+    return (ys[ok], xs[ok]), (my[ok], mx[ok])
+
+
+def snap_seam(rgb: np.ndarray, seam: Seam, radius: int) -> tuple[int, int, int, int]:
+    """Move each side of a seam found on a reduced look onto the native line where its feature
+    steps the most (within ``radius`` pixels): the border must be exact for the pairs across it."""
+    h, w = rgb.shape[:2]
+    x0, y0, x1, y1 = seam.box
+    cx0, cy0 = max(0, x0 - radius - 8), max(0, y0 - radius - 8)
+    cx1, cy1 = min(w, x1 + radius + 9), min(h, y1 + radius + 9)
+    f, _, gap = _seam_features(rgb[cy0:cy1, cx0:cx1])[seam.feature]
+    sx, sy = _step_maps(f, gap=gap)
+    box = [x0, y0, x1, y1]
+    for side in range(4):
+        pos = box[side]
+        vertical = side in (0, 2)
+        limit = w if vertical else h
+        if pos <= 0 or pos >= limit:
+            continue  # the frame's edge
+        lo, hi = (y0, y1) if vertical else (x0, x1)
+        m = max(1, (hi - lo) // 10)
+        lo, hi = lo + m, hi - m
+        cand = np.arange(max(1, pos - radius), min(limit - 1, pos + radius) + 1)
+        if vertical:
+            prof = sx[lo - cy0 : hi - cy0, cand - cx0].mean(axis=0)
+        else:
+            prof = sy[cand - cy0, lo - cx0 : hi - cx0].mean(axis=1)
+        s = seam.sign if side < 2 else -seam.sign  # left / top: the inside starts at the line
+        box[side] = int(cand[int(np.argmax(s * prof))])
+    return (box[0], box[1], box[2], box[3])
+
+
+def refine_border(
+    rgb: np.ndarray, box: tuple[int, int, int, int], radius: int = 6, min_ratio: float = 1.3
+) -> tuple[int, int, int, int]:
+    """Put each side of a rectangle on the exact pixel line where colour jumps the most (within
+    ``radius``): windowed features (local contrast) blur a border by a few pixels, and pairs
+    across it must not mix the two sides. A side moves only onto a clear peak."""
+    h, w = rgb.shape[:2]
+    x0, y0, x1, y1 = (int(v) for v in box)
+    out = [x0, y0, x1, y1]
+    cx0, cy0 = max(0, x0 - radius - 1), max(0, y0 - radius - 1)
+    cx1, cy1 = min(w, x1 + radius + 1), min(h, y1 + radius + 1)
+    crop = rgb[cy0:cy1, cx0:cx1].astype(np.int16)
+    jump_x = np.zeros(crop.shape[:2], np.float32)  # at x: |I[x] - I[x - 1]|, summed over channels
+    jump_x[:, 1:] = np.abs(np.diff(crop, axis=1)).sum(axis=2)
+    jump_y = np.zeros(crop.shape[:2], np.float32)
+    jump_y[1:] = np.abs(np.diff(crop, axis=0)).sum(axis=2)
+    for side in range(4):
+        pos = out[side]
+        vertical = side in (0, 2)
+        limit = w if vertical else h
+        if pos <= 0 or pos >= limit:
+            continue
+        lo, hi = (y0, y1) if vertical else (x0, x1)
+        m = max(1, (hi - lo) // 10)
+        lo, hi = lo + m, hi - m
+        cand = np.arange(max(1, pos - radius), min(limit - 1, pos + radius) + 1)
+        if vertical:
+            prof = jump_x[lo - cy0 : hi - cy0, cand - cx0].mean(axis=0)
+        else:
+            prof = jump_y[cand - cy0, lo - cx0 : hi - cx0].mean(axis=1)
+        k = int(np.argmax(prof))
+        if prof[k] >= min_ratio * float(np.median(prof)):
+            out[side] = int(cand[k])
+    return (out[0], out[1], out[2], out[3])
+
+
+@dataclass
+class SeamReading:
+    """How a rectangle's pixels just inside its border compare with their mirror images just
+    outside: the tone map a defect applied, measured where content is the same on both sides."""
+
+    gains: np.ndarray  # per-channel gain in linear light (median ratio inside / outside)
+    spread: np.ndarray  # per-channel ratio of tonal spread (10-90% range, sRGB) inside / outside
+    exposure_coverage: float  # share of pairs whose log luminance steps the median's way
+    chroma_coverage: float  # share of pairs whose log-chroma moves the median's way
+    # on the border's worst side (grain next to one side must not pass for contrast lost inside),
+    # the share of pairs whose tones, away from the band's median, sit nearer to it inside
+    contrast_coverage: float
+    continuity: float  # correlation of luminance inside and outside: content running across
+    pairs: int
+
+
+def _worst_side(ok: np.ndarray, side: np.ndarray, min_pairs: int = 20) -> float:
+    """The lowest share of ``ok`` pairs over the four sides of a border (sides with enough pairs):
+    a border steps "all around" only if every side does."""
+    shares = [float(ok[side == k].mean()) for k in range(4) if (side == k).sum() >= min_pairs]
+    return min(shares) if shares else 0.0
+
+
+def _agree(step: np.ndarray) -> float:
+    """Share of per-pair steps (N x k) pointing the median step's way with at least 30% of it."""
+    med = np.median(step, axis=0)
+    n = float(np.linalg.norm(med))
+    if n == 0:
+        return 0.0
+    return float(((step @ med) / n > 0.3 * n).mean())
+
+
+def shape_mask(size: tuple[int, int], box, shape: str = "rect") -> np.ndarray:
+    """Boolean H x W mask of a rectangle or the ellipse inscribed in it (x1/y1 exclusive)."""
+    h, w = size
+    x0, y0, x1, y1 = (int(v) for v in box)
+    if shape == "rect":
+        m = np.zeros((h, w), bool)
+        m[y0:y1, x0:x1] = True
+        return m
+    m = np.zeros((h, w), np.uint8)
+    centre = ((x0 + x1) / 2.0 - 0.5, (y0 + y1) / 2.0 - 0.5)
+    cv2.ellipse(m, (centre, (float(x1 - x0), float(y1 - y0)), 0.0), 1, -1)
+    return m > 0
+
+
+def seam_reading(
+    rgb: np.ndarray, box: tuple[int, int, int, int], shape: str = "rect", band: float = 8.0
+) -> SeamReading | None:
+    hard = shape_mask(rgb.shape[:2], box, shape)
+    pin, pout = mirror_pairs(hard, tuple(int(v) for v in box), shape, 2.0, band)
+    if pin[0].size < 50:
+        return None
+    s_in, s_out = rgb[pin], rgb[pout]
+    xin, xout = _LINEAR[s_in], _LINEAR[s_out]  # N x 3, linear light
+    ok = (xin < 0.95) & (xout < 0.95) & (xin > 2e-3) & (xout > 2e-3)
+    gains = np.full(3, np.nan)
+    for c in range(3):
+        if ok[:, c].sum() >= 30:
+            gains[c] = float(np.exp(np.median(np.log(xin[ok[:, c], c] / xout[ok[:, c], c]))))
+    s_in, s_out = s_in.astype(np.float32), s_out.astype(np.float32)
+    qi, qo = np.percentile(s_in, [10, 90], axis=0), np.percentile(s_out, [10, 90], axis=0)
+    spread = (qi[1] - qi[0]) / np.maximum(qo[1] - qo[0], 1.0)
+    lum = np.array([0.2126, 0.7152, 0.0722], np.float32)
+    e_step = np.log(xin @ lum + 0.002) - np.log(xout @ lum + 0.002)
+    lin, lout = np.log(xin + 0.01), np.log(xout + 0.01)
+    c_step = np.stack([lin[:, 0] - lin[:, 1], lin[:, 2] - lin[:, 1]], 1) - np.stack(
+        [lout[:, 0] - lout[:, 1], lout[:, 2] - lout[:, 1]], 1
+    )
+    y_in, y_out = s_in @ _LUMA[0], s_out @ _LUMA[0]
+    d_in, d_out = np.abs(y_in - np.median(y_in)), np.abs(y_out - np.median(y_out))
+    off = d_out > 12.0
+    # which side of the border each pair sits on (left, right, top, bottom of the box's centre)
+    x0, y0, x1, y1 = (int(v) for v in box)
+    du = (pin[1] - (x0 + x1 - 1) / 2.0) / max(x1 - x0, 1)
+    dv = (pin[0] - (y0 + y1 - 1) / 2.0) / max(y1 - y0, 1)
+    side = np.where(np.abs(du) >= np.abs(dv), np.where(du < 0, 0, 1), np.where(dv < 0, 2, 3))
+    contrast = _worst_side(d_in[off] < 0.8 * d_out[off], side[off]) if off.sum() >= 30 else 0.0
+    continuity = float(np.corrcoef(y_in, y_out)[0, 1]) if y_in.std() > 0 and y_out.std() > 0 else 0.0
+    return SeamReading(
+        gains, spread, _agree(e_step[:, None]), _agree(c_step), contrast, continuity, int(pin[0].size)
+    )
+
+
+def seam_defect(r: SeamReading) -> tuple[str, float, str] | None:
+    """What tone map explains a seam, if a physically consistent one does: (kind, cue value,
+    description). The cue value is the sRGB gain (exposure), the log-chroma shift (cast) or the
+    contrast kept (low contrast). A real gain dims texture as much as tones and leaves the step the
+    same all around; an object's outline does neither."""
+    g = r.gains
+    if not np.isfinite(g).all():
+        return None
+    srgb = np.power(g, 1 / 2.2)
+    ge = float(np.exp(np.mean(np.log(g))))
+    texture = r.spread / srgb  # ~1 when a gain dims texture as much as tones (clipping flattens)
+    if (
+        abs(np.log(ge)) >= np.log(1.25)
+        and g.max() / g.min() <= 1.25
+        and r.exposure_coverage >= 0.7
+        and r.continuity >= 0.1  # the content runs on across the border
+    ):
+        if ge < 1.0 and np.all((texture > 0.6) & (texture < 1.6)):
+            return (
+                "underexposure",
+                ge ** (1 / 2.2),
+                f"darker by a gain of {ge:.2f} in linear light all along its border",
+            )
+        if ge > 1.0 and np.all(texture < 1.6):
+            return (
+                "overexposure",
+                ge ** (-1 / 2.2),
+                f"brighter by a gain of {ge:.2f} in linear light all along its border",
+            )
+    lg = np.log(g)
+    shift = float(np.hypot(lg[0] - lg[1], 0.5 * (lg[0] + lg[1]) - lg[2]))
+    if (
+        shift >= 0.15
+        and g.max() / g.min() <= 3.0
+        and r.chroma_coverage >= 0.8
+        and np.all((texture > 0.6) & (texture < 1.6))
+    ):
+        return "color_cast", shift, f"tinted by channel gains {np.round(g, 2).tolist()} all along its border"
+    p = float(np.mean(r.spread))
+    if (
+        0.1 <= p <= 0.45  # texture dimmed, not gone (a flat area framed by lines)
+        and r.spread.max() <= 1.5 * r.spread.min()
+        and abs(np.log(ge)) < np.log(2.5)
+        and r.contrast_coverage >= 0.7
+        and r.continuity >= 0.3  # flattened, not a flat area framed by texture or grain
+    ):
+        return "low_contrast", p, f"its tones span {100 * p:.0f}% of those just outside its border"
+    return None
+
+
+def undo_tone(rgb: np.ndarray, kind: str, reading: SeamReading) -> np.ndarray:
+    """The pixels of a seam's area with the tone map read across its border undone (approximately:
+    clipped pixels stay clipped)."""
+    x = _LINEAR[rgb]
+    if kind == "low_contrast":
+        y = rgb.astype(np.float32)
+        mean = y.reshape(-1, 3).mean(axis=0)
+        y = mean + (y - mean) / np.clip(reading.spread, 0.1, 1.0)
+        return np.clip(y + 0.5, 0, 255).astype(np.uint8)
+    g = np.nan_to_num(reading.gains, nan=1.0)
+    if kind != "color_cast":
+        g = np.full(3, float(np.exp(np.mean(np.log(g)))))
+    y = np.power(np.clip(x / g.astype(np.float32), 0.0, 1.0), 1.0 / 2.2) * 255.0
+    return np.clip(y + 0.5, 0, 255).astype(np.uint8)
