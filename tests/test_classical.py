@@ -424,3 +424,20 @@ def test_a_tinted_patch_does_not_pass_for_the_light_of_the_whole_image(critic, b
     d = critic.assess(c.image)
     assert not any(r.distortion == "color_cast" and r.bbox == [0, 0, 600, 400] for r in d.regions), d.regions
     assert d.worst.distortion == "color_cast" and hit(d.worst.bbox, c.box)
+
+
+def test_a_patch_flatter_than_an_already_flat_photo_is_reported_on_its_own(critic, astronaut):
+    # the whole photo washed out a little, one rectangle a lot: both are defects
+    flat = apply_distortion(astronaut, "low_contrast", 2)
+    box = (150, 190, 330, 330)
+    d = critic.assess(degrade_region(flat, "low_contrast", 4, box, np.random.default_rng(2)).image)
+    kinds = {(r.distortion, tuple(r.bbox)) for r in d.regions}
+    assert ("low_contrast", (0, 0, 512, 512)) in kinds and ("low_contrast", box) in kinds, d.regions
+
+
+def test_a_dark_patch_washed_out_toward_a_bright_mean_is_low_contrast(critic, bench_local):
+    # washing out pulls a dark patch's tones up toward the photo's mean: brighter, but its texture
+    # shrank far more than any exposure change would shrink it
+    c = bench_local["coffee/local-low_contrast/0"]
+    worst = critic.assess(c.image).worst
+    assert worst.distortion == "low_contrast" and box_iou(worst.bbox, c.box) >= 0.9, worst

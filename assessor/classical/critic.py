@@ -986,10 +986,11 @@ class ClassicalAssessor(AssessorBackend):
 
         global_kinds = {r.distortion for r in regions}
         counted: list[tuple[Finding, float]] = []  # local findings and their area weights
-        seam_findings = [f for f in seam_findings if f.distortion not in global_kinds]
         for cand in self._candidates(look, (h, w), seam_findings):
-            if cand.distortion in global_kinds:
-                continue  # already everywhere; a local look adds nothing
+            # already everywhere, a local look adds nothing; but a patch with a border of its own
+            # is a defect of its own (flatter than an already flat photo)
+            if cand.distortion in global_kinds and cand.finding is None:
+                continue
             z = self._measure(rgb, cand.box, look)
             area = (cand.box[2] - cand.box[0]) * (cand.box[3] - cand.box[1]) / float(w * h)
             f = cand.finding or self._judge(z, look, cand.box, area, global_kinds)
