@@ -20,6 +20,7 @@ from assessor.classical.cues import (
     mirror_pairs,
     refine_border,
     seam_reading,
+    shape_mask,
 )
 from assessor.degrade import linear_to_srgb, srgb_to_linear
 
@@ -371,18 +372,7 @@ def snap_box(
 
 
 def _shape_mask(shape: tuple[int, int], box, kind: str, feather: float) -> np.ndarray:
-    h, w = shape
-    m = np.zeros((h, w), np.float32)
-    x0, y0, x1, y1 = box
-    if kind == "ellipse":
-        cv2.ellipse(
-            m,
-            (((x0 + x1) / 2.0 - 0.5, (y0 + y1) / 2.0 - 0.5), (float(x1 - x0), float(y1 - y0)), 0.0),
-            1.0,
-            -1,
-        )
-    else:
-        m[y0:y1, x0:x1] = 1.0
+    m = shape_mask(shape, box, kind).astype(np.float32)
     if feather > 0:
         m = cv2.GaussianBlur(m, (0, 0), feather)
         m[m < 1.0 / 512] = 0.0

@@ -91,7 +91,6 @@ class Look:
     whiteness: float
     soft_fraction: float  # share of edge tiles that are soft (depth of field when large)
     dof: np.ndarray  # look tiles of a large soft area next to sharp content: intended depth of field
-    seams: list[cues.Seam]  # rectangles whose border steps one way all around (native pixels, unsnapped)
     image: np.ndarray  # the reduced image looked at
 
 
@@ -254,21 +253,6 @@ class ClassicalAssessor(AssessorBackend):
             if dof.any():
                 for member in at_border_soft:
                     dof |= member
-        lh, lw = look.shape[:2]
-        seams = [
-            cues.Seam(
-                (
-                    round(sm.box[0] / scale),
-                    round(sm.box[1] / scale),
-                    w if sm.box[2] >= lw else min(w, round(sm.box[2] / scale)),
-                    h if sm.box[3] >= lh else min(h, round(sm.box[3] / scale)),
-                ),
-                sm.feature,
-                sm.sign,
-                sm.coverage,
-            )
-            for sm in cues.seams(look)
-        ]
         return Look(
             scale=scale,
             stats=stats,
@@ -289,7 +273,6 @@ class ClassicalAssessor(AssessorBackend):
             whiteness=_pct(stats.whiteness, 50, 0.0),
             soft_fraction=float(soft.mean()) if edges.sum() >= 4 else 0.0,
             dof=dof,
-            seams=seams,
             image=look,
         )
 
@@ -839,9 +822,19 @@ class ClassicalAssessor(AssessorBackend):
         return best
 
     def _read_seams(self, rgb: np.ndarray, look: Look) -> list[Finding]:
+        """Rectangles whose border steps one way all around on the look, read at native pixels."""
+        h, w = rgb.shape[:2]
+        lh, lw = look.image.shape[:2]
         found: list[Finding] = []
-        for sm in look.seams[: self.config.seam_reads]:
-            f = self._judge_seam(rgb, look, sm)
+        for sm in cues.seams(look.image)[: self.config.seam_reads]:
+            x0, y0, x1, y1 = sm.box
+            native = (
+                round(x0 / look.scale),
+                round(y0 / look.scale),
+                w if x1 >= lw else min(w, round(x1 / look.scale)),
+                h if y1 >= lh else min(h, round(y1 / look.scale)),
+            )
+            f = self._judge_seam(rgb, look, replace(sm, box=native))
             if f is not None and all(box_iou(f.box, g.box) < 0.5 for g in found):
                 found.append(f)
         return found
@@ -870,9 +863,7 @@ class ClassicalAssessor(AssessorBackend):
         kind, value, why = defect
         if kind == "color_cast" and seam.coverage < CAST_SEAM:
             return None
-        if kind == "underexposure":
-            sev = severity("underexposure", value)
-        elif kind == "overexposure":  # as far above its surroundings as underexposure is below
+        if kind in ("underexposure", "overexposure"):  # brighter graded as darker by the same gain
             sev = severity("underexposure", value)
         elif kind == "color_cast":
             sev = severity("color_cast", float(np.expm1(value)))
@@ -997,6 +988,12 @@ class ClassicalAssessor(AssessorBackend):
             confirmed = bool(f.distortion) and f.severity >= self.config.min_severity
             numbers = {f"in_{k}": round(v, 4) for k, v in z.inside_stats.items() if np.isfinite(v)}
             numbers.update({f"ring_{k}": round(v, 4) for k, v in z.ring_stats.items() if np.isfinite(v)})
+            if cand.finding is not None and cand.finding.reading is not None:
+                # what confirmed it: pixels just inside the border against their mirror images
+                r = cand.finding.reading
+                numbers["border_gains"] = [round(float(g), 3) for g in r.gains]
+                numbers["border_spread"] = [round(float(v), 3) for v in r.spread]
+                numbers["border_pairs"] = r.pairs
             trace.append(
                 TraceStep(
                     thought=f"Region {list(cand.box)} looks suspicious for {cand.distortion}: {cand.why} "

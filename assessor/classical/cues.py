@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..zoom import box_iou
+
 REBLUR_SIGMA = 1.5  # the reference blur of the reblur test
 SOBEL_SIGMA = 0.75  # effective blur of the 3x3 Sobel derivative itself (calibrated on step edges)
 EDGE_MIN = 2.5  # peak gradient (0..255 per pixel, after reblur) that counts as an edge worth measuring
@@ -697,7 +699,7 @@ def seams(
 
     Content rarely does this: an object's outline steps one way here and the other way there, and
     is seldom a rectangle. Candidate sides are the lines holding the longest runs of steps; every
-    combination of them is scored at once from cumulative sums of the step evidence."""
+    combination of them is scored at once from integral images of the step evidence."""
     h, w = rgb.shape[:2]
     found: list[Seam] = []
     if min(h, w) < 32:
@@ -740,7 +742,7 @@ def seams(
     found.sort(key=lambda s: (-s.coverage, -(s.box[2] - s.box[0]) * (s.box[3] - s.box[1])))
     kept: list[Seam] = []
     for s in found:
-        if all(_iou(s.box, k.box) < 0.5 for k in kept):
+        if all(box_iou(s.box, k.box) < 0.5 for k in kept):
             kept.append(s)
     return kept
 
@@ -749,14 +751,6 @@ def _segment_sum(evidence: np.ndarray, x0, y0, x1, y1) -> np.ndarray:
     """Sums of ``evidence`` over boxes [x0, x1) x [y0, y1) (arrays of boxes), from its integral."""
     ii = cv2.integral(evidence)
     return ii[y1, x1] - ii[y0, x1] - ii[y1, x0] + ii[y0, x0]
-
-
-def _iou(a, b) -> float:
-    iw = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / max(union, 1)
 
 
 def mirror_pairs(hard: np.ndarray, box, shape: str, near: float = 2.0, far: float = 8.0):
@@ -800,23 +794,33 @@ def snap_seam(rgb: np.ndarray, seam: Seam, radius: int) -> tuple[int, int, int, 
     f, _, gap = _seam_features(rgb[cy0:cy1, cx0:cx1])[seam.feature]
     sx, sy = _step_maps(f, gap=gap)
     box = [x0, y0, x1, y1]
+    for side, cand, prof in _side_profiles(seam.box, (h, w), radius, sx, sy, (cx0, cy0)):
+        s = seam.sign if side < 2 else -seam.sign  # left / top: the inside starts at the line
+        box[side] = int(cand[int(np.argmax(s * prof))])
+    return (box[0], box[1], box[2], box[3])
+
+
+def _side_profiles(box, size: tuple[int, int], radius: int, map_x, map_y, origin: tuple[int, int]):
+    """For each side of ``box`` off the frame's edge: the lines within ``radius`` of it and the mean
+    of ``map_x`` (vertical sides) or ``map_y`` (horizontal ones) on each, along the middle 80% of
+    the side. The maps cover the image from ``origin`` (x, y) on."""
+    h, w = size
+    x0, y0, x1, y1 = box
+    ox, oy = origin
     for side in range(4):
         pos = box[side]
         vertical = side in (0, 2)
         limit = w if vertical else h
         if pos <= 0 or pos >= limit:
-            continue  # the frame's edge
+            continue
         lo, hi = (y0, y1) if vertical else (x0, x1)
         m = max(1, (hi - lo) // 10)
         lo, hi = lo + m, hi - m
         cand = np.arange(max(1, pos - radius), min(limit - 1, pos + radius) + 1)
         if vertical:
-            prof = sx[lo - cy0 : hi - cy0, cand - cx0].mean(axis=0)
+            yield side, cand, map_x[lo - oy : hi - oy, cand - ox].mean(axis=0)
         else:
-            prof = sy[cand - cy0, lo - cx0 : hi - cx0].mean(axis=1)
-        s = seam.sign if side < 2 else -seam.sign  # left / top: the inside starts at the line
-        box[side] = int(cand[int(np.argmax(s * prof))])
-    return (box[0], box[1], box[2], box[3])
+            yield side, cand, map_y[cand - oy, lo - ox : hi - ox].mean(axis=1)
 
 
 def refine_border(
@@ -835,20 +839,7 @@ def refine_border(
     jump_x[:, 1:] = np.abs(np.diff(crop, axis=1)).sum(axis=2)
     jump_y = np.zeros(crop.shape[:2], np.float32)
     jump_y[1:] = np.abs(np.diff(crop, axis=0)).sum(axis=2)
-    for side in range(4):
-        pos = out[side]
-        vertical = side in (0, 2)
-        limit = w if vertical else h
-        if pos <= 0 or pos >= limit:
-            continue
-        lo, hi = (y0, y1) if vertical else (x0, x1)
-        m = max(1, (hi - lo) // 10)
-        lo, hi = lo + m, hi - m
-        cand = np.arange(max(1, pos - radius), min(limit - 1, pos + radius) + 1)
-        if vertical:
-            prof = jump_x[lo - cy0 : hi - cy0, cand - cx0].mean(axis=0)
-        else:
-            prof = jump_y[cand - cy0, lo - cx0 : hi - cx0].mean(axis=1)
+    for side, cand, prof in _side_profiles((x0, y0, x1, y1), (h, w), radius, jump_x, jump_y, (cx0, cy0)):
         k = int(np.argmax(prof))
         if prof[k] >= min_ratio * float(np.median(prof)):
             out[side] = int(cand[k])
