@@ -17,7 +17,9 @@ import numpy as np
 from assessor.classical.cues import (
     IMMERKAER,
     IMMERKAER_GAIN,
+    TONE_KINDS,
     mirror_pairs,
+    pair_gains,
     refine_border,
     seam_reading,
     shape_mask,
@@ -488,12 +490,11 @@ def localize(rgb: np.ndarray, mask: np.ndarray | None, box, kind: str) -> Area:
         return Area(_box_soft((h, w), box, allowed), core, ring0, "box", core, {"step": q})
     if kind in TONE_KINDS:
         # a box the critic already put on a border that steps all around (a seam) is kept as is
-        reading = seam_reading(rgb, (x0, y0, x1, y1))
-        agree = _tone_agreement(reading, kind)
+        pairs = mirror_pairs(core, (x0, y0, x1, y1), "rect")
+        agree = _tone_agreement(seam_reading(rgb, (x0, y0, x1, y1), pairs=pairs), kind)
         if agree >= SEAM_AGREEMENT:
             hard = core
             data = {"box": [x0, y0, x1, y1], "shape": "rect", "coverage": round(agree, 3), "consistent": True}
-            pairs = mirror_pairs(hard, (x0, y0, x1, y1), "rect")
             soft = np.minimum(hard.astype(np.float32), allowed)
             return Area(soft, hard, _ring_of(hard, mask), "seam-rect", hard, data, pairs)
     f, sign, data = _snap_feature(rgb, kind, box, ring0)
@@ -508,7 +509,9 @@ def localize(rgb: np.ndarray, mask: np.ndarray | None, box, kind: str) -> Area:
         agree = None
         if kind == "low_contrast":
             # local spread straddles the border: judge the shape on pixels, as the critic does
-            agree = {sh: _contrast_agreement(rgb, snapped_box, sh) for sh in ("rect", "ellipse")}
+            agree = {
+                sh: _tone_agreement(seam_reading(rgb, snapped_box, sh), kind) for sh in ("rect", "ellipse")
+            }
             shape = "ellipse" if agree["ellipse"] > agree["rect"] + 0.05 else "rect"
         else:
             shape = (
@@ -541,10 +544,6 @@ def _tone_agreement(reading, kind: str) -> float:
     if kind == "color_cast":
         return reading.chroma_coverage
     return reading.exposure_coverage
-
-
-def _contrast_agreement(rgb: np.ndarray, box, shape: str) -> float:
-    return _tone_agreement(seam_reading(rgb, box, shape), "low_contrast")
 
 
 def _box_soft(shape: tuple[int, int], box, allowed: np.ndarray) -> np.ndarray:
@@ -600,18 +599,9 @@ def fix_tones(
     else:
         lin = srgb_to_linear(x)
         lin_in, lin_out = srgb_to_linear(xin), srgb_to_linear(xout)
-        gains = []
-        for c in range(3):
-            ok = (
-                (lin_in[:, c] < 0.95)
-                & (lin_out[:, c] < 0.95)
-                & (lin_in[:, c] > 2e-3)
-                & (lin_out[:, c] > 2e-3)
-            )
-            if ok.sum() < 30:
-                return Fix(rgb.copy(), info={**info, "skipped": "no usable tones"})
-            gains.append(float(np.exp(np.median(np.log(lin_in[ok, c] / lin_out[ok, c])))))
-        g = np.array(gains)
+        g = pair_gains(lin_in, lin_out)
+        if not np.isfinite(g).all():
+            return Fix(rgb.copy(), info={**info, "skipped": "no usable tones"})
         if kind != "color_cast":  # exposure: one gain for all channels
             g[:] = float(np.exp(np.mean(np.log(g))))
         info["gains"] = [round(float(v), 4) for v in g]
@@ -697,4 +687,3 @@ LOCAL_FIXES = {
     "blur": fix_blur,
     "artifact": fix_banding,
 }
-TONE_KINDS = ("overexposure", "underexposure", "low_contrast", "color_cast")

@@ -34,7 +34,6 @@ REDUCED_LOOK = 0.9  # a look reduced below this scale correlates grain: whitenes
 WARM_TOLERANCE = 2.0  # a warm light counts as a cast this many times weaker (whole-image grade)
 GREY = 0.05  # log-chroma below which a surface reads as grey (a black-and-white photo's, nearly all)
 TINT_AREA = 0.35  # largest share of a black-and-white photo a tint is looked for in
-TONE_KINDS = ("underexposure", "overexposure", "low_contrast", "color_cast")
 CAST_SEAM = 0.85  # border coverage a tinted rectangle needs (coloured boxes are common content)
 SEAM_WHY = {  # why a rectangle confirmed by its border was zoomed on
     "underexposure": "its border steps down in brightness all around",
@@ -167,7 +166,7 @@ def _quantization_severity(quality: float, lattice: float) -> float:
 
 
 def _explained_by(f: Finding, seam: Finding) -> bool:
-    kinds = TONE_KINDS + (("blur",) if seam.distortion == "low_contrast" else ())
+    kinds = cues.TONE_KINDS + (("blur",) if seam.distortion == "low_contrast" else ())
     area = max((f.box[2] - f.box[0]) * (f.box[3] - f.box[1]), 1)
     return f.distortion in kinds and box_intersection(f.box, seam.box) >= 0.7 * area
 

@@ -32,6 +32,7 @@ _LOG_LINEAR = np.log(_LINEAR + 0.02).astype(
     np.float32
 )  # the offset keeps near-black channels from dominating
 _LUMA = np.array([[0.299, 0.587, 0.114]], np.float32)
+_LUMA_LINEAR = np.array([0.2126, 0.7152, 0.0722], np.float32)  # luminance from linear-light RGB
 
 
 def luminance(rgb: np.ndarray) -> np.ndarray:
@@ -631,6 +632,7 @@ def cast_strength(light: np.ndarray) -> float:
 
 # ----------------------------------------------------------------------------- seams
 SEAM_FEATURES = ("exposure", "red-green", "blue-green", "contrast")
+TONE_KINDS = ("underexposure", "overexposure", "low_contrast", "color_cast")  # what a seam can be
 
 
 @dataclass
@@ -644,23 +646,20 @@ class Seam:
     coverage: float  # share of the weakest side's length that steps
 
 
-def _seam_features(rgb: np.ndarray) -> dict[str, tuple[np.ndarray, float, int]]:
-    """Feature maps a tone defect shifts by one constant inside its area, with the step that counts
-    and the gap left at the border (a windowed feature straddles it)."""
-    lin = _LINEAR[rgb]
-    lum = lin @ np.array([0.2126, 0.7152, 0.0722], np.float32)
-    y = luminance(rgb) / 255.0
-    mu = cv2.blur(y, (5, 5))
-    spread = np.sqrt(np.maximum(cv2.blur(y * y, (5, 5)) - mu * mu, 0.0))
-    return {
-        # a gain in linear light adds log(gain) to log luminance
-        "exposure": (np.log(lum + 0.01), 0.2, 0),
-        # a cast adds log(gain ratio) to log channel ratios
-        "red-green": (np.log((lin[..., 0] + 0.01) / (lin[..., 1] + 0.01)), 0.1, 0),
-        "blue-green": (np.log((lin[..., 2] + 0.01) / (lin[..., 1] + 0.01)), 0.1, 0),
-        # lost contrast scales the local spread of tones
-        "contrast": (np.log(spread + 0.01), 0.35, 3),
-    }
+def _seam_feature(rgb: np.ndarray, name: str, lin: np.ndarray | None = None) -> tuple[np.ndarray, float, int]:
+    """A feature map a tone defect shifts by one constant inside its area, with the step that
+    counts and the gap left at the border (a windowed feature straddles it)."""
+    if name == "contrast":  # lost contrast scales the local spread of tones
+        y = luminance(rgb) / 255.0
+        mu = cv2.blur(y, (5, 5))
+        spread = np.sqrt(np.maximum(cv2.blur(y * y, (5, 5)) - mu * mu, 0.0))
+        return np.log(spread + 0.01), 0.35, 3
+    lin = _LINEAR[rgb] if lin is None else lin
+    if name == "exposure":  # a gain in linear light adds log(gain) to log luminance
+        return np.log(lin @ _LUMA_LINEAR + 0.01), 0.2, 0
+    # a cast adds log(gain ratio) to log channel ratios
+    c = 0 if name == "red-green" else 2
+    return np.log((lin[..., c] + 0.01) / (lin[..., 1] + 0.01)), 0.1, 0
 
 
 def _step_maps(f: np.ndarray, width: int = 3, gap: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -704,7 +703,10 @@ def seams(
     found: list[Seam] = []
     if min(h, w) < 32:
         return found
-    for name, (f, step, gap) in _seam_features(rgb).items():
+    lin = _LINEAR[rgb]
+    min_len = max(12, min(h, w) // 10)
+    for name in SEAM_FEATURES:
+        f, step, gap = _seam_feature(rgb, name, lin)
         sx, sy = _step_maps(f, gap=gap)
         for sign in (1.0, -1.0) if name != "contrast" else (-1.0,):  # more contrast is no defect
             # a side is allowed one pixel of slack either way
@@ -712,7 +714,6 @@ def seams(
             right = cv2.dilate((-sign * sx > step).astype(np.uint8), np.ones((1, 3), np.uint8))
             top = cv2.dilate((sign * sy > step).astype(np.uint8), np.ones((3, 1), np.uint8))
             bottom = cv2.dilate((-sign * sy > step).astype(np.uint8), np.ones((3, 1), np.uint8))
-            min_len = max(12, min(h, w) // 10)
             xl = np.concatenate([[0], _line_candidates(left, lines, min_len)])
             xr = np.concatenate([_line_candidates(right, lines, min_len), [w]])
             yt = np.concatenate([[0], _line_candidates(top.T, lines, min_len)])
@@ -791,7 +792,7 @@ def snap_seam(rgb: np.ndarray, seam: Seam, radius: int) -> tuple[int, int, int, 
     x0, y0, x1, y1 = seam.box
     cx0, cy0 = max(0, x0 - radius - 8), max(0, y0 - radius - 8)
     cx1, cy1 = min(w, x1 + radius + 9), min(h, y1 + radius + 9)
-    f, _, gap = _seam_features(rgb[cy0:cy1, cx0:cx1])[seam.feature]
+    f, _, gap = _seam_feature(rgb[cy0:cy1, cx0:cx1], seam.feature)
     sx, sy = _step_maps(f, gap=gap)
     box = [x0, y0, x1, y1]
     for side, cand, prof in _side_profiles(seam.box, (h, w), radius, sx, sy, (cx0, cy0)):
@@ -892,25 +893,40 @@ def shape_mask(size: tuple[int, int], box, shape: str = "rect") -> np.ndarray:
     return m > 0
 
 
+def pair_gains(lin_in: np.ndarray, lin_out: np.ndarray, min_pairs: int = 30) -> np.ndarray:
+    """Per-channel gain in linear light between pixels inside a border and their mirror images
+    outside (N x 3 each): the median ratio over pairs neither clipped nor near black on either
+    side; nan for a channel with fewer than ``min_pairs`` such pairs."""
+    ok = (lin_in < 0.95) & (lin_out < 0.95) & (lin_in > 2e-3) & (lin_out > 2e-3)
+    gains = np.full(3, np.nan)
+    for c in range(3):
+        if ok[:, c].sum() >= min_pairs:
+            gains[c] = float(np.exp(np.median(np.log(lin_in[ok[:, c], c] / lin_out[ok[:, c], c]))))
+    return gains
+
+
 def seam_reading(
-    rgb: np.ndarray, box: tuple[int, int, int, int], shape: str = "rect", band: float = 8.0
+    rgb: np.ndarray,
+    box: tuple[int, int, int, int],
+    shape: str = "rect",
+    band: float = 8.0,
+    pairs: tuple | None = None,
 ) -> SeamReading | None:
-    hard = shape_mask(rgb.shape[:2], box, shape)
-    pin, pout = mirror_pairs(hard, tuple(int(v) for v in box), shape, 2.0, band)
+    """Read a border from ``pairs`` (``mirror_pairs`` of the shape, 2..``band`` pixels off it; made
+    here when not given)."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    if pairs is None:
+        pairs = mirror_pairs(shape_mask(rgb.shape[:2], box, shape), (x0, y0, x1, y1), shape, 2.0, band)
+    pin, pout = pairs
     if pin[0].size < 50:
         return None
     s_in, s_out = rgb[pin], rgb[pout]
     xin, xout = _LINEAR[s_in], _LINEAR[s_out]  # N x 3, linear light
-    ok = (xin < 0.95) & (xout < 0.95) & (xin > 2e-3) & (xout > 2e-3)
-    gains = np.full(3, np.nan)
-    for c in range(3):
-        if ok[:, c].sum() >= 30:
-            gains[c] = float(np.exp(np.median(np.log(xin[ok[:, c], c] / xout[ok[:, c], c]))))
+    gains = pair_gains(xin, xout)
     s_in, s_out = s_in.astype(np.float32), s_out.astype(np.float32)
     qi, qo = np.percentile(s_in, [10, 90], axis=0), np.percentile(s_out, [10, 90], axis=0)
     spread = (qi[1] - qi[0]) / np.maximum(qo[1] - qo[0], 1.0)
-    lum = np.array([0.2126, 0.7152, 0.0722], np.float32)
-    e_step = np.log(xin @ lum + 0.002) - np.log(xout @ lum + 0.002)
+    e_step = np.log(xin @ _LUMA_LINEAR + 0.002) - np.log(xout @ _LUMA_LINEAR + 0.002)
     lin, lout = np.log(xin + 0.01), np.log(xout + 0.01)
     c_step = np.stack([lin[:, 0] - lin[:, 1], lin[:, 2] - lin[:, 1]], 1) - np.stack(
         [lout[:, 0] - lout[:, 1], lout[:, 2] - lout[:, 1]], 1
@@ -919,7 +935,6 @@ def seam_reading(
     d_in, d_out = np.abs(y_in - np.median(y_in)), np.abs(y_out - np.median(y_out))
     off = d_out > 12.0
     # which side of the border each pair sits on (left, right, top, bottom of the box's centre)
-    x0, y0, x1, y1 = (int(v) for v in box)
     du = (pin[1] - (x0 + x1 - 1) / 2.0) / max(x1 - x0, 1)
     dv = (pin[0] - (y0 + y1 - 1) / 2.0) / max(y1 - y0, 1)
     side = np.where(np.abs(du) >= np.abs(dv), np.where(du < 0, 0, 1), np.where(dv < 0, 2, 3))
@@ -984,7 +999,6 @@ def seam_defect(r: SeamReading) -> tuple[str, float, str] | None:
 def undo_tone(rgb: np.ndarray, kind: str, reading: SeamReading) -> np.ndarray:
     """The pixels of a seam's area with the tone map read across its border undone (approximately:
     clipped pixels stay clipped)."""
-    x = _LINEAR[rgb]
     if kind == "low_contrast":
         y = rgb.astype(np.float32)
         mean = y.reshape(-1, 3).mean(axis=0)
@@ -993,5 +1007,5 @@ def undo_tone(rgb: np.ndarray, kind: str, reading: SeamReading) -> np.ndarray:
     g = np.nan_to_num(reading.gains, nan=1.0)
     if kind != "color_cast":
         g = np.full(3, float(np.exp(np.mean(np.log(g)))))
-    y = np.power(np.clip(x / g.astype(np.float32), 0.0, 1.0), 1.0 / 2.2) * 255.0
+    y = np.power(np.clip(_LINEAR[rgb] / g.astype(np.float32), 0.0, 1.0), 1.0 / 2.2) * 255.0
     return np.clip(y + 0.5, 0, 255).astype(np.uint8)
