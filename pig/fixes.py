@@ -25,6 +25,7 @@ from assessor.classical.cues import (
     shape_mask,
 )
 from assessor.degrade import linear_to_srgb, srgb_to_linear
+from assessor.zoom import box_intersection
 
 LUMA = np.array([0.299, 0.587, 0.114])
 SEAM_AGREEMENT = 0.85  # pairs across a given box's border stepping the defect's way: keep the box
@@ -373,6 +374,65 @@ def snap_box(
     return (x0, y0, x1, y1), snapped
 
 
+ELLIPSE_PAIRS = (3.0, 10.0)  # read a soft border's pairs past its feather, inside and out
+MAX_STEP_SPREAD = 1.5  # interquartile range of the steps across a fitted border, over their median
+
+
+def fit_ellipse(
+    f: np.ndarray, starts: list, sign: float, radius: int
+) -> tuple[tuple[int, int, int, int] | None, float, float]:
+    """The ellipse (as its bounding box) whose border the feature steps across the most in the
+    defect's direction, by coordinate descent from each start box (sides move within ``radius``).
+
+    A soft-edged patch (an inpainting pass pasted through a feathered mask) has no straight
+    sides to snap to; the steps across its whole border still peak exactly on it. Returns the
+    box, the lower quartile of its steps and the share of border pairs that step its way."""
+    h, w = f.shape
+    near, far = ELLIPSE_PAIRS
+
+    def score(b) -> tuple[float, float]:
+        x0, y0, x1, y1 = b
+        if x1 - x0 < 16 or y1 - y0 < 16:
+            return -np.inf, 0.0
+        # a crop around the box keeps each evaluation to the border's own pixels
+        cx0, cy0 = max(0, x0 - int(far) - 2), max(0, y0 - int(far) - 2)
+        cx1, cy1 = min(w, x1 + int(far) + 2), min(h, y1 + int(far) + 2)
+        local = (x0 - cx0, y0 - cy0, x1 - cx0, y1 - cy0)
+        hard = shape_mask((cy1 - cy0, cx1 - cx0), local, "ellipse")
+        pin, pout = mirror_pairs(hard, local, "ellipse", near, far)
+        if pin[0].size < 50:
+            return -np.inf, 0.0
+        fc = f[cy0:cy1, cx0:cx1]
+        steps = sign * (fc[pin] - fc[pout])
+        # a patch steps all along its border, an object's outline only along part of it: the
+        # lower quartile of the steps, not their median, peaks on the patch
+        low, med = np.percentile(steps, [25, 50])
+        return float(low), float((steps > 0.3 * med).mean()) if med > 0 else 0.0
+
+    best_box, best, best_cov = None, -np.inf, 0.0
+    for start in starts:
+        start = [int(v) for v in start]
+        cur = list(start)
+        cur_s, cur_cov = score(cur)
+        for step in (8, 4, 2, 1):
+            moved = True
+            while moved:
+                moved = False
+                for i in range(4):
+                    for d in (-step, step):
+                        cand = list(cur)
+                        cand[i] += d
+                        lim = w if i % 2 == 0 else h
+                        if abs(cand[i] - start[i]) > radius or not 0 <= cand[i] <= lim:
+                            continue
+                        s, cov = score(cand)
+                        if s > cur_s:
+                            cur, cur_s, cur_cov, moved = cand, s, cov, True
+        if cur_s > best:
+            best_box, best, best_cov = tuple(cur), cur_s, cur_cov
+    return best_box, best, best_cov
+
+
 def _shape_mask(shape: tuple[int, int], box, kind: str, feather: float) -> np.ndarray:
     m = shape_mask(shape, box, kind).astype(np.float32)
     if feather > 0:
@@ -400,7 +460,7 @@ class Area:
     soft: np.ndarray | None  # paste mask (crop-sized), None = the plan's
     inside: np.ndarray  # bool, the defect
     ring: np.ndarray | None  # bool, its surroundings (None for a whole image)
-    how: str  # "snapped-rect", "snapped-ellipse", "blocks", "levels", "box", "whole"
+    how: str  # "seam-rect", "snapped-rect", "snapped-ellipse", "fitted-ellipse", "blocks", "levels", "box", "whole"
     hard: np.ndarray | None = None
     data: dict = field(default_factory=dict)
     pairs: tuple | None = None  # mirror_pairs(hard, data["box"], data["shape"]) for a snapped area
@@ -436,6 +496,30 @@ def _snap_feature(rgb: np.ndarray, kind: str, box, ring0: np.ndarray) -> tuple[n
     return _feature(rgb, kind), sign, {}
 
 
+def _soft_ellipse_area(f: np.ndarray, sign: float, box, snapped_box, mask: np.ndarray) -> Area | None:
+    """A soft-edged ellipse around the critic's box whose whole border steps the defect's way, or
+    None. The fitted ellipse must keep most of the critic's box: one that wanders off it has
+    found an object's outline nearby (a cat's face next to a tinted patch), not the patch."""
+    h, w = f.shape
+    x0, y0, x1, y1 = box
+    bw, bh = x1 - x0, y1 - y0
+    gx, gy = bw // 5, bh // 5  # the critic's tiles may sit inside a patch with soft edges: also start wider
+    starts = [box, (x0 - gx, y0 - gy, x1 + gx, y1 + gy)] + ([snapped_box] if snapped_box is not None else [])
+    ebox, low, cov = fit_ellipse(f, starts, sign, int(max(16, 0.4 * min(bw, bh))))
+    if ebox is None or low <= 0 or cov < MIN_COVERAGE or box_intersection(ebox, box) < 0.6 * bw * bh:
+        return None
+    hard = _shape_mask((h, w), ebox, "ellipse", 0.0) > 0.5
+    pairs = mirror_pairs(hard, ebox, "ellipse", *ELLIPSE_PAIRS)
+    # one tone map steps alike all along the border; a round object's outline (a cup, a face)
+    # steps a lot in places and little in others
+    q1, q2, q3 = np.percentile(sign * (f[pairs[0]] - f[pairs[1]]), [25, 50, 75])
+    if q3 - q1 > MAX_STEP_SPREAD * q2:
+        return None
+    soft = np.minimum(_shape_mask((h, w), ebox, "ellipse", 2.5), (mask > 0).astype(np.float32))
+    data = {"box": [int(v) for v in ebox], "shape": "ellipse", "coverage": round(cov, 3), "consistent": True}
+    return Area(soft, hard, _ring_of(hard, mask), "fitted-ellipse", hard, data, pairs)
+
+
 def localize(rgb: np.ndarray, mask: np.ndarray | None, box, kind: str) -> Area:
     """Find the defect inside the plan's mask, so a fix measures it on the right pixels and
     changes no clean pixel the critic's (tile-sized) box happened to include.
@@ -443,7 +527,8 @@ def localize(rgb: np.ndarray, mask: np.ndarray | None, box, kind: str) -> Area:
     JPEG blocks are found by recompression (blocks saved at the estimated quality barely
     change); posterized pixels by sitting on a comb of levels; other defects by snapping the
     box's sides onto the line where a feature of the defect steps (brightness, colour, grain,
-    sharpness). Nothing found: the box itself, softened, within the plan's mask."""
+    sharpness); a tone defect with no such sides, by fitting a soft-edged ellipse. Nothing
+    found: the box itself, softened, within the plan's mask."""
     h, w = rgb.shape[:2]
     if mask is None:
         full = np.ones((h, w), bool)
@@ -531,7 +616,19 @@ def localize(rgb: np.ndarray, mask: np.ndarray | None, box, kind: str) -> Area:
         if agree is not None:
             data["coverage"] = round(agree[shape], 3)
         data["consistent"] = data["coverage"] >= MIN_COVERAGE
-        return Area(soft, hard, _ring_of(hard, mask), f"snapped-{shape}", hard, data, (pin, pout))
+        area = Area(soft, hard, _ring_of(hard, mask), f"snapped-{shape}", hard, data, (pin, pout))
+        # a tone patch's ellipse is fitted to its whole border below (four snapped sides only
+        # touch it at their middles)
+        if kind not in TONE_KINDS or (data["consistent"] and shape == "rect"):
+            return area
+    if kind in TONE_KINDS:
+        soft_patch = _soft_ellipse_area(
+            f, sign, (x0, y0, x1, y1), snapped_box if snapped >= 3 else None, mask
+        )
+        if soft_patch is not None:
+            return soft_patch
+    if snapped >= 3:
+        return area
     return Area(_box_soft((h, w), box, allowed), core, ring0, "box", core, data)
 
 
@@ -566,7 +663,7 @@ def fix_tones(
     if mask is None or box is None:
         return fix_tones_global(rgb, kind, amount)
     area = localize(rgb, mask, box, kind)
-    if not area.how.startswith(("snapped", "seam")) or not area.data.get("consistent", False):
+    if not area.how.startswith(("snapped", "seam", "fitted")) or not area.data.get("consistent", False):
         return Fix(
             rgb.copy(), info={"area": area.how, "skipped": "no border that steps the same way all around"}
         )
@@ -605,7 +702,9 @@ def fix_tones(
         if kind != "color_cast":  # exposure: one gain for all channels
             g[:] = float(np.exp(np.mean(np.log(g))))
         info["gains"] = [round(float(v), 4) for v in g]
-        if np.any(g < 1.0 / 16.0) or np.any(g > 16.0):
+        # a coloured light tints a patch by less than 3x between channels; a red object next to
+        # a grey one differs by more (exposure gains are one number by now)
+        if np.any(g < 1.0 / 16.0) or np.any(g > 16.0) or g.max() > 3.0 * g.min():
             return Fix(rgb.copy(), info={**info, "skipped": "implausible gain"})
         if np.all(np.abs(np.log(g)) < 0.05):
             return Fix(rgb.copy(), info={**info, "skipped": "tones match the surroundings"})
