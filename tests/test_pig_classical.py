@@ -147,6 +147,13 @@ def test_a_box_already_on_the_border_is_kept_and_pasted_with_a_hard_edge(photo, 
     assert masked_psnr(out, photo, inside) >= masked_psnr(d.image, photo, inside) + 10.0
 
 
+def soft_patch(photo, kind, level):
+    """A tone patch pasted through a feathered elliptic mask (what an inpainting pass leaves)."""
+    return degrade_region(
+        photo, kind, level, TRUE_BOX, np.random.default_rng(1), shape="ellipse", feather=4.0
+    )
+
+
 # (kind, level, min PSNR gain in dB inside the patch)
 SOFT_PATCHES = [
     ("overexposure", 3, 4.0),
@@ -160,7 +167,7 @@ SOFT_PATCHES = [
 def test_a_soft_edged_patch_is_fitted_as_an_ellipse_and_fixed(photo, kind, level, min_gain):
     # a tone patch pasted through a feathered elliptic mask has no straight side to snap to: from
     # the critic's tile-aligned box, the fix fits an ellipse to the whole border and corrects it
-    d = degrade_region(photo, kind, level, TRUE_BOX, np.random.default_rng(1), shape="ellipse", feather=4.0)
+    d = soft_patch(photo, kind, level)
     out, _, info = refine_local(d.image, kind)
     assert info["area"] == "fitted-ellipse" and "skipped" not in info
     cx, cy = info["crop"][:2]
@@ -170,9 +177,7 @@ def test_a_soft_edged_patch_is_fitted_as_an_ellipse_and_fixed(photo, kind, level
 
 
 def test_fit_ellipse_finds_a_soft_border_from_boxes_off_it(photo):
-    d = degrade_region(
-        photo, "underexposure", 3, TRUE_BOX, np.random.default_rng(1), shape="ellipse", feather=4.0
-    )
+    d = soft_patch(photo, "underexposure", 3)
     f, sign, _ = fixes._snap_feature(d.image, "underexposure", CRITIC_BOX, None)
     for start in ([160, 160, 320, 320], [140, 180, 345, 320], [165, 150, 320, 340]):
         box, low, coverage = fixes.fit_ellipse(f, [start], sign, radius=40)
@@ -183,15 +188,14 @@ def test_fit_ellipse_finds_a_soft_border_from_boxes_off_it(photo):
 def test_an_ellipse_that_wanders_off_the_critics_box_is_not_taken(photo):
     # from a box on part of the patch, the best-stepping ellipse keeps under 60% of it (it
     # follows content): not the defect the critic saw, so the fix leaves the region alone
-    d = degrade_region(
-        photo, "color_cast", 4, TRUE_BOX, np.random.default_rng(1), shape="ellipse", feather=4.0
-    )
+    d = soft_patch(photo, "color_cast", 4)
     out, _, info = refine_local(d.image, "color_cast", box=[260, 200, 380, 300])
     assert info["area"] != "fitted-ellipse" and np.array_equal(out, d.image)
 
 
 # critic false alarms met on the benchmark's globally degraded photos: round content with a
-# border that steps, but not like one tone map (photo, type, level, rng, false region, its type)
+# border that steps, but not like one tone map (photo, its global defect and level, the region
+# the critic flagged and the type it gave)
 CONTENT_ELLIPSES = [
     ("coffee", "blur", 4, [150, 262, 300, 375], "underexposure"),  # the dark inside of a cup
     ("motorcycle", "jpeg", 4, [64, 0, 181, 112], "color_cast"),  # a red fairing
