@@ -208,7 +208,7 @@ CONTENT_ELLIPSES = [
 )
 def test_round_content_is_not_taken_for_a_soft_patch(name, kind, level, box, false_kind):
     clean = load_photo(name)
-    rng = np.random.default_rng([0, PHOTOS.index(name), SYNTHETIC_TYPES.index(kind)])
+    rng = np.random.default_rng([0, PHOTOS.index(name), SYNTHETIC_TYPES.index(kind)])  # global_cases' draw
     image = apply_distortion(clean, kind, level, rng)
     out, _, info = refine_local(image, false_kind, box=box, severity=0.5)
     assert np.array_equal(out, image), info
