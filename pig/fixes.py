@@ -23,6 +23,7 @@ from assessor.classical.cues import (
     refine_border,
     seam_reading,
     shape_mask,
+    step_maps,
 )
 from assessor.degrade import linear_to_srgb, srgb_to_linear
 from assessor.zoom import box_intersection
@@ -321,17 +322,6 @@ def _feature(rgb: np.ndarray, kind: str) -> np.ndarray:
     return np.log(np.sqrt(var) + 0.01)
 
 
-def _steps(f: np.ndarray, width: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """Horizontal and vertical step maps: at x, the mean of f[x .. x+width-1] minus the mean of
-    f[x-width .. x-1]; a border where the inside starts at x peaks exactly at x."""
-    k = np.zeros(2 * width + 1, np.float32)
-    k[width : 2 * width] = 1.0 / width
-    k[0:width] = -1.0 / width
-    sx = cv2.filter2D(f, -1, k.reshape(1, -1), borderType=cv2.BORDER_REFLECT)
-    sy = cv2.filter2D(f, -1, k.reshape(-1, 1), borderType=cv2.BORDER_REFLECT)
-    return sx, sy
-
-
 def snap_box(
     f: np.ndarray, box: tuple[int, int, int, int], sign: float, radius: int
 ) -> tuple[tuple[int, int, int, int], int]:
@@ -339,7 +329,7 @@ def snap_box(
     most in the defect's direction (``sign`` > 0: higher inside). A side moves only when its step
     clearly stands out. Returns the box and how many sides snapped."""
     h, w = f.shape
-    sx, sy = _steps(f)
+    sx, sy = step_maps(f, width=4, border=cv2.BORDER_REFLECT)
     x0, y0, x1, y1 = box
     snapped = 0
     for _ in range(2):

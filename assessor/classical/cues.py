@@ -662,15 +662,18 @@ def _seam_feature(rgb: np.ndarray, name: str, lin: np.ndarray | None = None) -> 
     return np.log((lin[..., c] + 0.01) / (lin[..., 1] + 0.01)), 0.1, 0
 
 
-def _step_maps(f: np.ndarray, width: int = 3, gap: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """At x: mean of f over [x + gap, x + gap + width) minus mean over [x - gap - width, x - gap):
-    a border where the inside starts at column x (row y) peaks exactly there."""
+def step_maps(
+    f: np.ndarray, width: int = 3, gap: int = 0, border: int = cv2.BORDER_REPLICATE
+) -> tuple[np.ndarray, np.ndarray]:
+    """Horizontal and vertical step maps. At x: mean of f over [x + gap, x + gap + width) minus
+    mean over [x - gap - width, x - gap): a border where the inside starts at column x (row y)
+    peaks exactly there. ``border``: how f is extended past the image's edge (OpenCV's flag)."""
     c = width + gap
     k = np.zeros(2 * c + 1, np.float32)
     k[c + gap : c + gap + width] = 1.0 / width
     k[c - gap - width : c - gap] = -1.0 / width
-    sx = cv2.filter2D(f, -1, k.reshape(1, -1), borderType=cv2.BORDER_REPLICATE)
-    sy = cv2.filter2D(f, -1, k.reshape(-1, 1), borderType=cv2.BORDER_REPLICATE)
+    sx = cv2.filter2D(f, -1, k.reshape(1, -1), borderType=border)
+    sy = cv2.filter2D(f, -1, k.reshape(-1, 1), borderType=border)
     return sx, sy
 
 
@@ -707,7 +710,7 @@ def seams(
     min_len = max(12, min(h, w) // 10)
     for name in SEAM_FEATURES:
         f, step, gap = _seam_feature(rgb, name, lin)
-        sx, sy = _step_maps(f, gap=gap)
+        sx, sy = step_maps(f, gap=gap)
         for sign in (1.0, -1.0) if name != "contrast" else (-1.0,):  # more contrast is no defect
             # a side is allowed one pixel of slack either way
             left = cv2.dilate((sign * sx > step).astype(np.uint8), np.ones((1, 3), np.uint8))
@@ -793,7 +796,7 @@ def snap_seam(rgb: np.ndarray, seam: Seam, radius: int) -> tuple[int, int, int, 
     cx0, cy0 = max(0, x0 - radius - 8), max(0, y0 - radius - 8)
     cx1, cy1 = min(w, x1 + radius + 9), min(h, y1 + radius + 9)
     f, _, gap = _seam_feature(rgb[cy0:cy1, cx0:cx1], seam.feature)
-    sx, sy = _step_maps(f, gap=gap)
+    sx, sy = step_maps(f, gap=gap)
     box = [x0, y0, x1, y1]
     for side, cand, prof in _side_profiles(seam.box, (h, w), radius, sx, sy, (cx0, cy0)):
         s = seam.sign if side < 2 else -seam.sign  # left / top: the inside starts at the line
