@@ -7,6 +7,7 @@ import pytest
 from assessor import benchdata
 from assessor.classical import cues
 from assessor.degrade import apply_distortion, degrade_region
+from assessor.zoom import box_iou
 
 
 @pytest.fixture(scope="module")
@@ -236,8 +237,8 @@ def test_a_patch_with_its_own_tone_map_is_found_by_its_border_and_read(astronaut
     d = degrade_region(astronaut, kind, level, where, np.random.default_rng(2))
     seams = cues.seams(d.image)
     assert seams, "no rectangle with a stepped border found"
-    best = max(seams, key=lambda s: _iou(s.box, where))
-    assert _iou(best.box, where) >= 0.8
+    best = max(seams, key=lambda s: box_iou(s.box, where))
+    assert box_iou(best.box, where) >= 0.8
     box = cues.refine_border(d.image, cues.snap_seam(d.image, best, 4))
     assert box == where  # on the exact pixel lines
     reading = cues.seam_reading(d.image, box)
@@ -291,10 +292,3 @@ def test_undo_tone_restores_an_underexposed_patch(astronaut):
     back = cues.undo_tone(d.image[y0:y1, x0:x1], "underexposure", reading)
     err = np.abs(back.astype(int) - astronaut[y0:y1, x0:x1].astype(int))
     assert np.median(err) <= 2
-
-
-def _iou(a, b) -> float:
-    iw = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
