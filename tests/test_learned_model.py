@@ -18,6 +18,7 @@ from assessor.learned.model import (
     fuse_batchnorm,
     load_weights,
     predict,
+    prepare_for_inference,
     save_weights,
 )
 from assessor.learned.train import DEFAULT_CARD, DEFAULT_WEIGHTS, TrainConfig, loss_terms, to_tensors, train
@@ -85,6 +86,30 @@ def test_save_load_gives_identical_outputs(tmp_path):
     with torch.no_grad():
         c = fused(x)
     assert torch.allclose(a.presence, c.presence, atol=1e-4) and torch.allclose(a.damage, c.damage, atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (96, 160), (33, 50)])
+def test_inference_form_gives_the_trained_nets_outputs(size):
+    # the folded front (luma, residual and chroma scales, space-to-depth into the first convolution)
+    # and channels-last memory must change speed only, at any size predict() pads
+    torch.manual_seed(1)
+    net = CriticNet(TINY)
+    net.train()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, as after training
+        net(torch.rand(2, 3, 64, 64))
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    net.eval()
+    fast = prepare_for_inference(copy.deepcopy(net))
+    assert not any(isinstance(m, torch.nn.PixelUnshuffle) for m in fast.modules())
+    img = np.random.default_rng(0).integers(0, 256, size + (3,), dtype=np.uint8)
+    img[: size[0] // 3] = 255  # clipped and black areas: the log-chroma's and residuals' extremes
+    img[-size[0] // 4 :] = 0
+    a, b = predict(net, img), predict(fast, img)
+    for field in ("presence", "severity", "damage"):
+        x, y = getattr(a, field), getattr(b, field)
+        assert x.shape == y.shape and np.abs(x - y).max() < 1e-5, field
+    assert np.ptp(a.presence) > 0.01  # the comparison means something: the maps are not flat
 
 
 def test_weights_errors_name_the_fix(tmp_path):
@@ -159,6 +184,9 @@ def test_fusing_batchnorm_keeps_the_nets_device_and_dtype(device, dtype):
     # CPU in float32 broke it on CUDA ("Input type (torch.cuda.FloatTensor) and weight type ...")
     net = fuse_batchnorm(CriticNet(TINY).eval().to(device=device, dtype=dtype))
     assert {(p.device.type, p.dtype) for p in net.parameters()} == {(device, dtype)}
+    net = prepare_for_inference(CriticNet(TINY).eval().to(device=device, dtype=dtype))
+    tensors = [*net.parameters(), *net.buffers()]
+    assert {(t.device.type, t.dtype) for t in tensors} == {(device, dtype)}
 
 
 @pytest.mark.gpu
@@ -166,7 +194,9 @@ def test_fusing_batchnorm_keeps_the_nets_device_and_dtype(device, dtype):
 def test_cuda_matches_cpu():
     net = CriticNet(TINY).eval()
     img = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
-    gpu = fuse_batchnorm(copy.deepcopy(net).to("cuda"))  # fused where it runs, as LearnedAssessor does
-    a = predict(fuse_batchnorm(net), img)
+    gpu = prepare_for_inference(
+        copy.deepcopy(net).to("cuda")
+    )  # folded where it runs, as LearnedAssessor does
+    a = predict(prepare_for_inference(net), img)
     b = predict(gpu, img, "cuda")
     assert np.allclose(a.presence, b.presence, atol=1e-3)

@@ -26,7 +26,7 @@ from ..imageio import as_rgb8, check_image_size
 from ..schema import Diagnosis, Region, ToolCall, TraceStep
 from ..zoom import Zoom, box_iou, crop_zoom
 from .data import score_from_damage
-from .model import MAP_STRIDE, Prediction, WeightsError, fuse_batchnorm, load_weights, predict
+from .model import MAP_STRIDE, Prediction, WeightsError, load_weights, predict, prepare_for_inference
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "critic.safetensors"
 FINE_TYPES = ("blur", "noise", "jpeg", "artifact")  # need native pixels to be seen
@@ -96,7 +96,7 @@ class LearnedAssessor(AssessorBackend):
             net = load_weights(path, self.device)
         except WeightsError as exc:
             raise RuntimeError(str(exc)) from None
-        self.net = fuse_batchnorm(net).eval()
+        self.net = prepare_for_inference(net.eval())
         self.weights = path
         self.types = tuple(self.net.config.types)
         from ..classical import ClassicalAssessor

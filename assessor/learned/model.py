@@ -199,6 +199,53 @@ def fuse_batchnorm(net: CriticNet) -> CriticNet:
     return net
 
 
+class FoldedFront(nn.Module):
+    """Inference form of the fixed front end and the stem's first two layers (space-to-depth, then
+    a 1x1 convolution): 2x2 stride-2 convolutions straight over the raw features, with the front's
+    affine maps (input offset, residual and chroma scales) folded into their weights. Same outputs
+    up to float rounding, without writing the 13-channel full-resolution feature stack twice (the
+    front and the space-to-depth took half of a megapixel's time on one CPU core)."""
+
+    def __init__(self, front: Residuals, conv: nn.Conv2d):
+        super().__init__()
+        if conv.kernel_size != (1, 1) or conv.bias is None or conv.in_channels != 4 * front.channels:
+            raise ValueError(
+                "fold the front after fuse_batchnorm: the stem must start with a fused 1x1 convolution"
+            )
+        self.register_buffer("luma", front.luma.view(1, 3, 1, 1).clone())
+        res = torch.cat([front.kernels * (g / 3.0) for g in front.gains])  # (4 x gains, 1, 3, 3)
+        self.register_buffer("residual", res)
+        n_res = res.shape[0]
+        w = conv.weight.view(conv.out_channels, front.channels, 2, 2)  # space-to-depth order: c, dy, dx
+        x_part, res_part, chroma = w[:, :3], w[:, 3 : 3 + n_res], w[:, 3 + n_res :]
+        lin_part = torch.stack(  # chroma = (l0 - l1, (l0 + l1) / 2 - l2) over the log-linear channels
+            [chroma[:, 0] + 0.5 * chroma[:, 1], -chroma[:, 0] + 0.5 * chroma[:, 1], -chroma[:, 1]], dim=1
+        )
+        # three convolutions summed rather than one over a concatenation: no full-size copy
+        self.register_buffer("w_rgb", (4.0 * x_part).contiguous())
+        self.register_buffer("w_residual", (3.0 * res_part).contiguous())
+        self.register_buffer("w_lin", lin_part.contiguous())
+        self.register_buffer("bias", conv.bias - 2.0 * x_part.sum(dim=(1, 2, 3)))  # (x - 0.5) * 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.conv2d(x, self.luma)
+        r = torch.tanh_(F.conv2d(F.pad(y, (1, 1, 1, 1), mode="replicate"), self.residual))
+        lin = torch.log_(x.clamp(0, 1).pow_(2.2).add_(0.02))
+        out = F.conv2d(x, self.w_rgb, self.bias, stride=2)
+        out += F.conv2d(r, self.w_residual, stride=2)
+        out += F.conv2d(lin, self.w_lin, stride=2)
+        return F.relu_(out)
+
+
+def prepare_for_inference(net: CriticNet) -> CriticNet:
+    """Fused BatchNorm, folded front, channels-last memory: ~1.4x faster on a CPU, same outputs up to
+    float rounding. The net can no longer be trained or saved afterwards."""
+    fuse_batchnorm(net)
+    net.front = FoldedFront(net.front, net.stem[1][0])
+    net.stem = nn.Sequential(*list(net.stem)[2:])  # the folded front already ran the first two
+    return net.to(memory_format=torch.channels_last)
+
+
 def pad_to_stride(x: torch.Tensor, stride: int = STRIDE) -> tuple[torch.Tensor, tuple[int, int]]:
     """Reflect-pad (N, C, H, W) on the bottom/right to multiples of ``stride``; returns the pads."""
     h, w = x.shape[2:]
@@ -293,7 +340,7 @@ def predict(net: CriticNet, rgb, device: str | torch.device = "cpu") -> Predicti
     x = torch.from_numpy(rgb).to(device)
     x = x.permute(2, 0, 1)[None].float().div_(255.0)
     x, _ = pad_to_stride(x)
-    out = net(x)
+    out = net(x.contiguous(memory_format=torch.channels_last))
     mh, mw = map_size(h, w)
     return Prediction(
         presence=torch.sigmoid(out.presence[0, :, :mh, :mw]).float().cpu().numpy(),
