@@ -58,6 +58,25 @@ def test_finds_a_local_defect_where_and_what_it_is(critic, astronaut, kind):
     assert any(centre_inside(s.tool_call.arguments["bbox_2d"], box) for s in zooms)
 
 
+@pytest.mark.parametrize("name", ["hopper", "motorcycle"])
+def test_a_wide_blur_is_found_by_stepping_back(critic, name):
+    # at full size a sigma-6 blur's edges are wider than any the network learned: the look at 320 px
+    # finds it, and the zoom re-examines it at the scale it was seen (found at full size: nothing)
+    box = (100, 100, 300, 300)
+    damaged = degrade_region(benchdata.load_photo(name), "blur", 5, box, np.random.default_rng(0)).image
+    d = critic.assess(damaged)
+    worst = d.worst
+    assert worst is not None and worst.distortion == "blur" and centre_inside(worst.bbox, box), d.regions
+    step = next(s for s in d.trace if s.data.get("size"))
+    assert max(step.data["size"]) == 320 and step.tool_call is None
+    zoom = next(
+        s for s in d.trace if s.tool_call is not None and centre_inside(s.tool_call.arguments["bbox_2d"], box)
+    )
+    assert zoom.tool_call.arguments["target_size"] < zoom.view[2] - zoom.view[0]  # reduced, not native
+    plain = load_assessor("learned", device="cpu", coarse_look=0).assess(damaged).worst
+    assert plain is None or plain.distortion != "blur"
+
+
 @pytest.mark.parametrize("kind", ["blur", "noise", "jpeg", "low_contrast"])
 def test_score_falls_as_a_global_distortion_grows(critic, astronaut, kind):
     scores = [
@@ -72,6 +91,16 @@ def test_hard_negatives_are_not_condemned(critic):
         img = make((512, 384), np.random.default_rng([0, 99]))
         d = critic.assess(img)
         assert all(r.severity < 0.5 for r in d.regions), (kind, d.regions)
+
+
+def test_a_blurred_background_next_to_sharp_detail_is_depth_of_field(critic):
+    # the step back sees the soft background of a shallow depth-of-field scene as the blur it knows;
+    # the classical edge widths (sharp detail next to a mapped soft area) vote it down, as they do
+    # in the classical critic
+    img = benchdata.HARD_NEGATIVES["dof"]((512, 384), np.random.default_rng([0, 99]))
+    d = critic.assess(img)
+    assert all(r.severity < 0.5 for r in d.regions), d.regions
+    assert any("intended depth of field" in s.observation for s in d.trace)
 
 
 def test_large_image_is_looked_at_reduced_then_peeked_at_native(critic, astronaut):

@@ -46,6 +46,8 @@ class LearnedConfig:
     confirm: float = 0.35  # share of a candidate's cells that must still show the type in the zoom
     cues: bool = True  # let classical cues vote: noise, JPEG, clipping in zooms; exposure and colour overall
     cue_weight: float = 0.8  # weight of the classical whole-image exposure / contrast / colour grades
+    coarse_look: int = 320  # a second look at this long side for the coarse types (0: none)
+    coarse_types: tuple[str, ...] = ("blur",)
 
 
 @dataclass
@@ -125,15 +127,17 @@ class LearnedAssessor(AssessorBackend):
             int(min(h, np.ceil(y1 * f))),
         )
 
-    def _zoom(self, rgb: np.ndarray, box, context: float) -> Zoom:
-        """Native pixels with context; reduced only when the crop would exceed ``zoom_size``."""
+    def _zoom(self, rgb: np.ndarray, box, context: float, reduce: float = 1.0) -> Zoom:
+        """Native pixels with context; reduced only when the crop would exceed ``zoom_size`` (or by
+        ``reduce``)."""
+        side = max(box[2] - box[0], box[3] - box[1]) * (1.0 + 2.0 * context)
         return crop_zoom(
             rgb,
             box,
             normalized=False,
             context=context,
             min_side=64,
-            target_size=self.config.zoom_size,
+            target_size=int(min(self.config.zoom_size, max(64, reduce * side))),
             max_upscale=1.0,
         )
 
@@ -179,11 +183,21 @@ class LearnedAssessor(AssessorBackend):
             return 1.1, f"grain of sigma {sigma:.1f} (of 255), white and coloured like sensor noise"
         return VETO, f"its fine detail is texture rather than grain ({100 * share:.0f}% of tiles grainy)"
 
-    def _global_cues(self, rgb: np.ndarray) -> dict[str, float]:
+    def _global_cues(self, rgb: np.ndarray):
         """The classical critic's whole-image measurements, graded on its severity curves: edge width
         of the sharpest fifth, noise floor, 8x8 blockiness, exposure percentiles and clipping, the
-        light's colour, grey-level use (see ``assessor.classical``)."""
-        return self._classical._global_suspicions(self._classical._global_look(rgb))
+        light's colour, grey-level use (see ``assessor.classical``); and its look, which maps them."""
+        look = self._classical._global_look(rgb)
+        return self._classical._global_suspicions(look), look
+
+    def _depth_of_field(self, look, box, size: tuple[int, int]) -> bool:
+        """Whether a soft region is intended depth of field by the classical critic's rule: the
+        photo has sharp detail, and the region is large or lies in its mapped soft background."""
+        area = (box[2] - box[0]) * (box[3] - box[1]) / float(size[0] * size[1])
+        return look.sharp_ref < 1.0 and (
+            max(area, look.soft_fraction) >= self._classical.config.dof_area
+            or self._classical._dof_share(look, box) >= 0.5
+        )
 
     # ------------------------------------------------------------------ (b') native peek
     def _peek(
@@ -214,10 +228,29 @@ class LearnedAssessor(AssessorBackend):
         )
         return pred, zoom, step
 
-    # ------------------------------------------------------------------ (c) zoom on a candidate
-    def _examine(self, rgb: np.ndarray, box, kind: str) -> tuple[Finding, Zoom, dict]:
+    def _leads(self, pred: Prediction, scale: float, size: tuple[int, int], kinds, zoom_scale: float):
+        """Candidates from a look's maps: (priority, type, box in source pixels, severity, share of the
+        image, the scale to zoom at: 1 for native pixels)."""
         cfg = self.config
-        zoom = self._zoom(rgb, box, cfg.context)
+        out = []
+        for t in kinds:
+            i = self.types.index(t)
+            for cells, comp, area in self._components(pred.presence[i] > cfg.threshold):
+                if area < max(4, cfg.min_area * pred.presence[i].size):
+                    continue
+                sev = float(
+                    (pred.severity[i][comp] * pred.presence[i][comp]).sum()
+                    / max(pred.presence[i][comp].sum(), 1e-6)
+                )
+                frac = area / float(pred.presence[i].size)
+                box = self._cells_to_box(cells, scale, size)
+                out.append((sev * np.sqrt(frac), t, box, sev, frac, zoom_scale))
+        return out
+
+    # ------------------------------------------------------------------ (c) zoom on a candidate
+    def _examine(self, rgb: np.ndarray, box, kind: str, reduce: float = 1.0) -> tuple[Finding, Zoom, dict]:
+        cfg = self.config
+        zoom = self._zoom(rgb, box, cfg.context, reduce)
         pred = self._see(zoom.image)
         zh, zw = zoom.image.shape[:2]
         rx0, ry0, rx1, ry1 = zoom.requested_in_zoom()
@@ -348,7 +381,7 @@ class LearnedAssessor(AssessorBackend):
 
         # whole-image grade: fine defects count where the network sees them *and* the classical
         # measurement agrees; exposure, contrast and colour follow the image's histogram measures
-        cue = self._global_cues(rgb) if cfg.cues else {}
+        cue, classical_look = self._global_cues(rgb) if cfg.cues else ({}, None)
         damage = net.copy()
         for i, t in enumerate(self.types):
             if t not in cue:
@@ -388,20 +421,28 @@ class LearnedAssessor(AssessorBackend):
         global_kinds = {f.distortion for f in findings}
 
         # (b) candidates: connected areas of each type's map
-        candidates = []
-        for i, t in enumerate(self.types):
-            if t in global_kinds:
-                continue
-            for cells, comp, area in self._components(look.presence[i] > cfg.threshold):
-                if area < max(4, cfg.min_area * look.presence[i].size):
-                    continue
-                sev = float(
-                    (look.severity[i][comp] * look.presence[i][comp]).sum()
-                    / max(look.presence[i][comp].sum(), 1e-6)
+        candidates = self._leads(look, scale, (w, h), [t for t in self.types if t not in global_kinds], 1.0)
+        if cfg.coarse_look and max(lh, lw) > 1.5 * cfg.coarse_look:
+            cs = cfg.coarse_look / float(max(lh, lw))
+            csize = (max(16, round(lw * cs)), max(16, round(lh * cs)))
+            coarse = self._see(cv2.resize(look_img, csize, interpolation=cv2.INTER_AREA))
+            cscale = scale * csize[0] / float(lw)
+            kinds = [t for t in cfg.coarse_types if t not in global_kinds]
+            trace.append(
+                TraceStep(
+                    thought=f"Step back: at {csize[0]}x{csize[1]} a wide blur shows as the softness the "
+                    "eyes know best, where at full size its edges are wider than any they learned.",
+                    observation="shown over: "
+                    + ", ".join(
+                        f"{t} {100 * float((coarse.presence[self.types.index(t)] > cfg.threshold).mean()):.0f}%"
+                        for t in cfg.coarse_types
+                    )
+                    + ".",
+                    view=list(full),
+                    data={"size": list(csize)},
                 )
-                frac = area / float(look.presence[i].size)
-                box = self._cells_to_box(cells, scale, (w, h))
-                candidates.append((sev * np.sqrt(frac), t, box, sev, frac))
+            )
+            candidates += self._leads(coarse, cscale, (w, h), kinds, cscale)
         candidates.sort(key=lambda c: -c[0])
         chosen = []
         for cand in candidates:
@@ -411,20 +452,30 @@ class LearnedAssessor(AssessorBackend):
                 break
 
         # (c) zoom on each
-        for _, t, box, sev, frac in chosen:
-            f, zoom, numbers = self._examine(rgb, box, t)
+        for _, t, box, sev, frac, reduce in chosen:  # a coarse lead is zoomed at the scale it was seen
+            f, zoom, numbers = self._examine(rgb, box, t, reduce)
             ok = f.confirmed and f.severity >= cfg.min_severity
+            # the classical edge widths vote on blur: a soft background next to sharp detail is intended
+            depth = ok and f.distortion == "blur" and classical_look is not None
+            depth = depth and self._depth_of_field(classical_look, f.box, (w, h))
+            ok = ok and not depth
             trace.append(
                 TraceStep(
                     thought=f"Region {list(box)} looks like {t} (severity {sev:.2f}, {100 * frac:.0f}% of the image). "
                     "Zoom in with its surroundings to check.",
                     tool_call=ToolCall(
                         "crop_zoom",
-                        {"bbox_2d": list(box), "context": cfg.context, "target_size": cfg.zoom_size},
+                        {
+                            "bbox_2d": list(box),
+                            "context": cfg.context,
+                            "target_size": max(zoom.image.shape[:2]),
+                        },
                     ),
                     observation=(
                         f"Confirmed {f.distortion} (severity {f.severity:.2f}) in {list(f.box)}: {f.reason}."
                         if ok
+                        else f"Rejected: {f.reason}, but a soft area next to sharp detail is intended depth of field."
+                        if depth
                         else "Rejected: seen up close with its surroundings, it does not hold."
                     ),
                     view=list(zoom.box),
