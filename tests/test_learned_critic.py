@@ -13,6 +13,7 @@ from assessor import benchdata, load_assessor
 from assessor.backends import BACKENDS
 from assessor.degrade import apply_distortion, degrade_region
 from assessor.schema import Diagnosis
+from assessor.zoom import box_iou
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,6 +92,22 @@ def test_hard_negatives_are_not_condemned(critic):
         img = make((512, 384), np.random.default_rng([0, 99]))
         d = critic.assess(img)
         assert all(r.severity < 0.5 for r in d.regions), (kind, d.regions)
+
+
+@pytest.mark.parametrize("kind", ["underexposure", "low_contrast"])
+def test_a_patch_read_off_its_border_counts_where_the_network_sees_a_change(critic, astronaut, kind):
+    # the network alone is unsure of a patch's tone; the classical border reading finds the patch,
+    # and it counts where the network sees more of some tone defect inside than around it
+    box = (260, 40, 460, 220)
+    damaged = degrade_region(astronaut, kind, 5, box, np.random.default_rng(1)).image
+    d = critic.assess(damaged)
+    worst = d.worst
+    assert worst is not None and worst.distortion == kind and box_iou(worst.bbox, box) >= 0.9, d.regions
+    step = next(s for s in d.trace if "steps the same way all around" in s.thought)
+    assert step.tool_call.name == "crop_zoom" and "network_in_ring" in step.data
+    assert load_assessor("learned", device="cpu", max_seams=0).assess(damaged).worst is None
+    strict = load_assessor("learned", device="cpu", seam_agree=100.0).assess(damaged).worst  # no agreement
+    assert strict is None or strict.distortion != kind
 
 
 def test_a_blurred_background_next_to_sharp_detail_is_depth_of_field(critic):

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from ..backends import AssessorBackend
+from ..classical.critic import _explained_by
 from ..classical.severity import area_weight
 from ..imageio import as_rgb8, check_image_size
 from ..schema import Diagnosis, Region, ToolCall, TraceStep
@@ -30,6 +31,7 @@ from .model import MAP_STRIDE, Prediction, WeightsError, load_weights, predict, 
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "critic.safetensors"
 FINE_TYPES = ("blur", "noise", "jpeg", "artifact")  # need native pixels to be seen
+TONE_TYPES = ("overexposure", "underexposure", "low_contrast", "color_cast")
 VETO = 0.35  # severity factor when a reliable classical cue finds nothing of the kind
 
 
@@ -47,6 +49,8 @@ class LearnedConfig:
     cues: bool = True  # let classical cues vote: noise, JPEG, clipping in zooms; exposure and colour overall
     cue_weight: float = 0.8  # weight of the classical whole-image exposure / contrast / colour grades
     coarse_look: int = 320  # a second look at this long side for the coarse types (0: none)
+    max_seams: int = 2  # patches found by their borders (classical cue) zoomed on, besides max_zooms
+    seam_agree: float = 1.2  # the network must see a tone type this many times more inside than around
     coarse_types: tuple[str, ...] = ("blur",)
 
 
@@ -186,9 +190,47 @@ class LearnedAssessor(AssessorBackend):
     def _global_cues(self, rgb: np.ndarray):
         """The classical critic's whole-image measurements, graded on its severity curves: edge width
         of the sharpest fifth, noise floor, 8x8 blockiness, exposure percentiles and clipping, the
-        light's colour, grey-level use (see ``assessor.classical``); and its look, which maps them."""
-        look = self._classical._global_look(rgb)
-        return self._classical._global_suspicions(look), look
+        light's colour, grey-level use (see ``assessor.classical``); its look, which maps them; and
+        the patches it reads off their borders (a rectangle whose border steps the same way all
+        around, with one physically consistent tone map across it). Tones and light colour are
+        measured with those patches undone, as the classical critic does."""
+        c = self._classical
+        look = c._global_look(rgb)
+        seams = c._read_seams(rgb, look)
+        return c._global_suspicions(c._without_seams(look, seams)), look, seams
+
+    def _examine_seam(self, rgb: np.ndarray, seam) -> tuple[Finding | None, Zoom, dict]:
+        """Zoom on a patch the classical border reading found: the network must see a tone type
+        more inside it than around it (it rarely sees a patch's tone surely, but it sees a change)."""
+        cfg = self.config
+        zoom = self._zoom(rgb, seam.box, cfg.context)
+        pred = self._see(zoom.image)
+        mh, mw = pred.presence.shape[1:]
+        rx0, ry0, rx1, ry1 = zoom.requested_in_zoom()
+        inside = np.zeros((mh, mw), bool)
+        c0, r0 = rx0 // MAP_STRIDE, ry0 // MAP_STRIDE
+        inside[r0 : max(r0 + 1, -(-ry1 // MAP_STRIDE)), c0 : max(c0 + 1, -(-rx1 // MAP_STRIDE))] = True
+        ring = ~inside
+        ratios = {}
+        for t in TONE_TYPES:
+            k = self.types.index(t)
+            p_in = float(pred.presence[k][inside].mean())
+            p_ring = float(pred.presence[k][ring].mean()) if ring.sum() >= 4 else 0.0
+            ratios[t] = (p_in, p_ring, p_in / max(p_ring, 0.02))
+        best = max(ratios, key=lambda t: ratios[t][2])
+        p_in, p_ring, ratio = ratios[best]
+        numbers = {
+            "border_gains": [round(float(g), 3) for g in seam.reading.gains] if seam.reading else [],
+            "network_in_ring": {t: [round(v[0], 3), round(v[1], 3)] for t, v in ratios.items()},
+        }
+        if ratio < cfg.seam_agree:
+            return None, zoom, numbers
+        seen = f"the network sees {best.replace('_', ' ')} {p_in:.2f} inside against {p_ring:.2f} around"
+        return (
+            Finding(seam.distortion, float(seam.severity), tuple(seam.box), f"{seam.reason}; {seen}"),
+            zoom,
+            numbers,
+        )
 
     def _depth_of_field(self, look, box, size: tuple[int, int]) -> bool:
         """Whether a soft region is intended depth of field by the classical critic's rule: the
@@ -381,7 +423,7 @@ class LearnedAssessor(AssessorBackend):
 
         # whole-image grade: fine defects count where the network sees them *and* the classical
         # measurement agrees; exposure, contrast and colour follow the image's histogram measures
-        cue, classical_look = self._global_cues(rgb) if cfg.cues else ({}, None)
+        cue, classical_look, seams = self._global_cues(rgb) if cfg.cues else ({}, None, [])
         damage = net.copy()
         for i, t in enumerate(self.types):
             if t not in cue:
@@ -451,6 +493,42 @@ class LearnedAssessor(AssessorBackend):
             if len(chosen) >= cfg.max_zooms:
                 break
 
+        # (c') patches the classical cues read off their borders, if the network sees a change there
+        # (first: the most specific leads; a patch with a border of its own counts even where the
+        # whole image shows its kind)
+        seam_findings: list[Finding] = []
+        for seam in seams[: cfg.max_seams]:
+            f, zoom, numbers = self._examine_seam(rgb, seam)
+            trace.append(
+                TraceStep(
+                    thought=f"Region {list(seam.box)} has a border that steps the same way all around "
+                    f"(classical reading: {seam.distortion}, severity {seam.severity:.2f}). "
+                    "Zoom in with its surroundings: does the network see a change there?",
+                    tool_call=ToolCall(
+                        "crop_zoom",
+                        {
+                            "bbox_2d": list(seam.box),
+                            "context": cfg.context,
+                            "target_size": max(zoom.image.shape[:2]),
+                        },
+                    ),
+                    observation=(
+                        f"Confirmed {f.distortion} (severity {f.severity:.2f}) in {list(f.box)}: {f.reason}."
+                        if f is not None
+                        else "Rejected: the network sees no more change inside than around it."
+                    ),
+                    view=list(zoom.box),
+                    data=numbers,
+                )
+            )
+            if f is None or any(box_iou(g.box, f.box) >= 0.5 for g in seam_findings):
+                continue
+            seam_findings.append(f)
+            findings.append(f)
+            k = self.types.index(f.distortion)
+            a = (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]) / float(w * h)
+            damage[k] = max(damage[k], f.severity * area_weight(a))
+
         # (c) zoom on each
         for _, t, box, sev, frac, reduce in chosen:  # a coarse lead is zoomed at the scale it was seen
             f, zoom, numbers = self._examine(rgb, box, t, reduce)
@@ -486,6 +564,8 @@ class LearnedAssessor(AssessorBackend):
                 continue
             if any(g.distortion == f.distortion and box_iou(g.box, f.box) >= 0.5 for g in findings):
                 continue
+            if any(_explained_by(f, g) for g in seam_findings):
+                continue  # a patch's tone map explains the tone cues inside it (blown tiles of a tint)
             findings.append(f)
             k = self.types.index(f.distortion)
             a = (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]) / float(w * h)
