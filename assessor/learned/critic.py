@@ -1,13 +1,16 @@
 """The learned critic: the think-with-images loop with a small trained network as its eyes.
 
 (a) A global look: the network sees the whole image at reduced size and returns, per distortion
-type, where it is (per-pixel probability), how bad (severity) and the damage to the whole image.
+type, where it is (per-pixel probability), how bad (severity) and the damage to the whole image;
+a second look at 320 px finds wide blur, whose edges at full size are wider than any it learned.
 (b) Connected areas of the probability maps become candidate regions; when the look was reduced, a
 native-resolution peek at the most detailed area checks what a reduced look cannot see (noise,
-JPEG blocks, slight blur). (c) ``crop_zoom`` re-examines each candidate at native resolution *with
-its surroundings*: the network looks again and confirms, retypes, grades and re-localizes it;
-classical cues vote where they are reliable (noise level, 8x8 blockiness, clipping). (d) The score
-follows from the network's whole-image damage, raised where a zoom found worse.
+JPEG blocks, slight blur). (c) ``crop_zoom`` re-examines each candidate *with its surroundings*,
+at native resolution (or at the scale it was seen): the network looks again and confirms,
+retypes, grades and re-localizes it; classical cues vote where they are reliable (noise level,
+8x8 blockiness, clipping, depth of field, and patches read off their borders, which count where
+the network sees a change). (d) The score follows from the network's whole-image damage, raised
+where a zoom found worse.
 """
 
 from __future__ import annotations
@@ -49,9 +52,9 @@ class LearnedConfig:
     cues: bool = True  # let classical cues vote: noise, JPEG, clipping in zooms; exposure and colour overall
     cue_weight: float = 0.8  # weight of the classical whole-image exposure / contrast / colour grades
     coarse_look: int = 320  # a second look at this long side for the coarse types (0: none)
+    coarse_types: tuple[str, ...] = ("blur",)
     max_seams: int = 2  # patches found by their borders (classical cue) zoomed on, besides max_zooms
     seam_agree: float = 1.2  # the network must see a tone type this many times more inside than around
-    coarse_types: tuple[str, ...] = ("blur",)
 
 
 @dataclass
@@ -205,11 +208,7 @@ class LearnedAssessor(AssessorBackend):
         cfg = self.config
         zoom = self._zoom(rgb, seam.box, cfg.context)
         pred = self._see(zoom.image)
-        mh, mw = pred.presence.shape[1:]
-        rx0, ry0, rx1, ry1 = zoom.requested_in_zoom()
-        inside = np.zeros((mh, mw), bool)
-        c0, r0 = rx0 // MAP_STRIDE, ry0 // MAP_STRIDE
-        inside[r0 : max(r0 + 1, -(-ry1 // MAP_STRIDE)), c0 : max(c0 + 1, -(-rx1 // MAP_STRIDE))] = True
+        inside = self._requested_cells(zoom, pred)
         ring = ~inside
         ratios = {}
         for t in TONE_TYPES:
@@ -270,6 +269,15 @@ class LearnedAssessor(AssessorBackend):
         )
         return pred, zoom, step
 
+    @staticmethod
+    def _requested_cells(zoom: Zoom, pred: Prediction) -> np.ndarray:
+        """The zoom's map cells that cover the region asked for (the rest is its context)."""
+        rx0, ry0, rx1, ry1 = zoom.requested_in_zoom()
+        inside = np.zeros(pred.presence.shape[1:], bool)
+        c0, r0 = rx0 // MAP_STRIDE, ry0 // MAP_STRIDE
+        inside[r0 : max(r0 + 1, -(-ry1 // MAP_STRIDE)), c0 : max(c0 + 1, -(-rx1 // MAP_STRIDE))] = True
+        return inside
+
     def _leads(self, pred: Prediction, scale: float, size: tuple[int, int], kinds, zoom_scale: float):
         """Candidates from a look's maps: (priority, type, box in source pixels, severity, share of the
         image, the scale to zoom at: 1 for native pixels)."""
@@ -295,12 +303,7 @@ class LearnedAssessor(AssessorBackend):
         zoom = self._zoom(rgb, box, cfg.context, reduce)
         pred = self._see(zoom.image)
         zh, zw = zoom.image.shape[:2]
-        rx0, ry0, rx1, ry1 = zoom.requested_in_zoom()
-        mh, mw = pred.presence.shape[1:]
-        c0, r0 = rx0 // MAP_STRIDE, ry0 // MAP_STRIDE
-        c1, r1 = max(c0 + 1, -(-rx1 // MAP_STRIDE)), max(r0 + 1, -(-ry1 // MAP_STRIDE))
-        inside = np.zeros((mh, mw), bool)
-        inside[r0:r1, c0:c1] = True
+        inside = self._requested_cells(zoom, pred)
         ring = ~inside
         p_in = pred.presence[:, inside].mean(axis=1)
         shown = pred.presence[:, inside] > cfg.threshold
@@ -493,9 +496,9 @@ class LearnedAssessor(AssessorBackend):
             if len(chosen) >= cfg.max_zooms:
                 break
 
-        # (c') patches the classical cues read off their borders, if the network sees a change there
-        # (first: the most specific leads; a patch with a border of its own counts even where the
-        # whole image shows its kind)
+        # (c) first the patches the classical cues read off their borders (the most specific leads),
+        # which count where the network sees a change there; a patch with a border of its own counts
+        # even where the whole image shows its kind
         seam_findings: list[Finding] = []
         for seam in seams[: cfg.max_seams]:
             f, zoom, numbers = self._examine_seam(rgb, seam)
@@ -529,7 +532,7 @@ class LearnedAssessor(AssessorBackend):
             a = (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]) / float(w * h)
             damage[k] = max(damage[k], f.severity * area_weight(a))
 
-        # (c) zoom on each
+        # (c) then zoom on each of the network's leads
         for _, t, box, sev, frac, reduce in chosen:  # a coarse lead is zoomed at the scale it was seen
             f, zoom, numbers = self._examine(rgb, box, t, reduce)
             ok = f.confirmed and f.severity >= cfg.min_severity
