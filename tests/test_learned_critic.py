@@ -110,6 +110,17 @@ def test_a_patch_read_off_its_border_counts_where_the_network_sees_a_change(crit
     assert strict is None or strict.distortion != kind
 
 
+@pytest.mark.parametrize("name", ["camera", "coffee"])
+def test_texture_is_not_reported_as_noise(critic, name):
+    # grass and wood grain look like noise to the network; the grain cue (white and coloured at
+    # pixel scale) says texture, and the lead is dropped: PiG would smooth the detail away to
+    # raise the score (it did: -5 to -7 dB on the camera photo's JPEG cases)
+    d = critic.assess(benchdata.load_photo(name))
+    assert not [r for r in d.regions if r.distortion == "noise"], d.regions
+    noise_zooms = [s for s in d.trace if s.tool_call is not None and "looks like noise" in s.thought]
+    assert noise_zooms and all(s.observation.startswith("Rejected") for s in noise_zooms)
+
+
 def test_a_blurred_background_next_to_sharp_detail_is_depth_of_field(critic):
     # the step back sees the soft background of a shallow depth-of-field scene as the blur it knows;
     # the classical edge widths (sharp detail next to a mapped soft area) vote it down, as they do

@@ -36,6 +36,7 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "critic.safetens
 FINE_TYPES = ("blur", "noise", "jpeg", "artifact")  # need native pixels to be seen
 TONE_TYPES = ("overexposure", "underexposure", "low_contrast", "color_cast")
 VETO = 0.35  # severity factor when a reliable classical cue finds nothing of the kind
+NOISE_VETO = 0.0  # texture is not noise: smoothing it away raises a score and loses the detail
 
 
 @dataclass
@@ -188,7 +189,7 @@ class LearnedAssessor(AssessorBackend):
         sigma = float(np.nanmedian(ts.noise)) if np.isfinite(ts.noise).any() else float("nan")
         if share >= 0.5:
             return 1.1, f"grain of sigma {sigma:.1f} (of 255), white and coloured like sensor noise"
-        return VETO, f"its fine detail is texture rather than grain ({100 * share:.0f}% of tiles grainy)"
+        return NOISE_VETO, f"its fine detail is texture rather than grain ({100 * share:.0f}% of tiles grainy)"
 
     def _global_cues(self, rgb: np.ndarray):
         """The classical critic's whole-image measurements, graded on its severity curves: edge width
