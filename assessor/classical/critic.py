@@ -563,6 +563,13 @@ class ClassicalAssessor(AssessorBackend):
             return float(look.dof[r, c])
         return float(look.dof[sel].mean())
 
+    def _depth_of_field(self, look: Look, box: tuple[int, int, int, int], area: float) -> bool:
+        """Whether a soft region is intended depth of field: the photo has sharp detail, and the
+        region (``area``: its share of the image) is large or lies in the mapped soft background."""
+        return look.sharp_ref < 1.0 and (
+            max(area, look.soft_fraction) >= self.config.dof_area or self._dof_share(look, box) >= 0.5
+        )
+
     @staticmethod
     def _grade_by_quantization(rgb: np.ndarray, look: Look, f: Finding) -> None:
         """Grade a blocky region by the JPEG quality its coefficients were quantized at, where they
@@ -666,10 +673,7 @@ class ClassicalAssessor(AssessorBackend):
         )
         if "blur" in found:
             f = found["blur"]
-            in_dof = self._dof_share(look, f.box)
-            if look.sharp_ref < 1.0 and (
-                max(area, look.soft_fraction) >= self.config.dof_area or in_dof >= 0.5
-            ):
+            if self._depth_of_field(look, f.box, area):
                 not_a_defect = (
                     f"{f.reason}, but a large soft area next to sharp detail is intended depth of field"
                 )

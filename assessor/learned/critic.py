@@ -189,7 +189,10 @@ class LearnedAssessor(AssessorBackend):
         sigma = float(np.nanmedian(ts.noise)) if np.isfinite(ts.noise).any() else float("nan")
         if share >= 0.5:
             return 1.1, f"grain of sigma {sigma:.1f} (of 255), white and coloured like sensor noise"
-        return NOISE_VETO, f"its fine detail is texture rather than grain ({100 * share:.0f}% of tiles grainy)"
+        return (
+            NOISE_VETO,
+            f"its fine detail is texture rather than grain ({100 * share:.0f}% of tiles grainy)",
+        )
 
     def _global_cues(self, rgb: np.ndarray):
         """The classical critic's whole-image measurements, graded on its severity curves: edge width
@@ -230,15 +233,6 @@ class LearnedAssessor(AssessorBackend):
             Finding(seam.distortion, float(seam.severity), tuple(seam.box), f"{seam.reason}; {seen}"),
             zoom,
             numbers,
-        )
-
-    def _depth_of_field(self, look, box, size: tuple[int, int]) -> bool:
-        """Whether a soft region is intended depth of field by the classical critic's rule: the
-        photo has sharp detail, and the region is large or lies in its mapped soft background."""
-        area = (box[2] - box[0]) * (box[3] - box[1]) / float(size[0] * size[1])
-        return look.sharp_ref < 1.0 and (
-            max(area, look.soft_fraction) >= self._classical.config.dof_area
-            or self._classical._dof_share(look, box) >= 0.5
         )
 
     # ------------------------------------------------------------------ (b') native peek
@@ -500,6 +494,15 @@ class LearnedAssessor(AssessorBackend):
         # (c) first the patches the classical cues read off their borders (the most specific leads),
         # which count where the network sees a change there; a patch with a border of its own counts
         # even where the whole image shows its kind
+        def area_of(box) -> float:
+            return (box[2] - box[0]) * (box[3] - box[1]) / float(w * h)
+
+        def count(f: Finding) -> None:
+            """A confirmed local finding: reported, and its damage weighed by its area."""
+            findings.append(f)
+            k = self.types.index(f.distortion)
+            damage[k] = max(damage[k], f.severity * area_weight(area_of(f.box)))
+
         seam_findings: list[Finding] = []
         for seam in seams[: cfg.max_seams]:
             f, zoom, numbers = self._examine_seam(rgb, seam)
@@ -528,10 +531,7 @@ class LearnedAssessor(AssessorBackend):
             if f is None or any(box_iou(g.box, f.box) >= 0.5 for g in seam_findings):
                 continue
             seam_findings.append(f)
-            findings.append(f)
-            k = self.types.index(f.distortion)
-            a = (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]) / float(w * h)
-            damage[k] = max(damage[k], f.severity * area_weight(a))
+            count(f)
 
         # (c) then zoom on each of the network's leads
         for _, t, box, sev, frac, reduce in chosen:  # a coarse lead is zoomed at the scale it was seen
@@ -539,7 +539,7 @@ class LearnedAssessor(AssessorBackend):
             ok = f.confirmed and f.severity >= cfg.min_severity
             # the classical edge widths vote on blur: a soft background next to sharp detail is intended
             depth = ok and f.distortion == "blur" and classical_look is not None
-            depth = depth and self._depth_of_field(classical_look, f.box, (w, h))
+            depth = depth and self._classical._depth_of_field(classical_look, f.box, area_of(f.box))
             ok = ok and not depth
             trace.append(
                 TraceStep(
@@ -570,10 +570,7 @@ class LearnedAssessor(AssessorBackend):
                 continue
             if any(_explained_by(f, g) for g in seam_findings):
                 continue  # a patch's tone map explains the tone cues inside it (blown tiles of a tint)
-            findings.append(f)
-            k = self.types.index(f.distortion)
-            a = (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]) / float(w * h)
-            damage[k] = max(damage[k], f.severity * area_weight(a))
+            count(f)
 
         regions = [
             Region(list(f.box), f.distortion, round(float(np.clip(f.severity, 0, 1)), 3), f.reason)
