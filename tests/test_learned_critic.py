@@ -110,6 +110,23 @@ def test_a_patch_read_off_its_border_counts_where_the_network_sees_a_change(crit
     assert strict is None or strict.distortion != kind
 
 
+@pytest.mark.parametrize(("kind", "box"), [("jpeg", (260, 40, 460, 220)), ("artifact", (100, 100, 300, 300))])
+def test_a_classical_lead_counts_where_the_network_confirms_it_up_close(critic, kind, box):
+    # the motorcycle's JPEG-looking texture outranks a compressed or banded patch among the
+    # network's leads; the classical cues measure it (8x8 blockiness, grey-level use), the
+    # classical judge grades it tile by tile, and the network zoomed on it confirms the type
+    damaged = degrade_region(benchdata.load_photo("motorcycle"), kind, 4, box, np.random.default_rng(1)).image
+    d = critic.assess(damaged)
+    worst = d.worst
+    assert worst is not None and worst.distortion == kind and box_iou(worst.bbox, box) >= 0.3, d.regions
+    step = next(
+        s for s in d.trace if "to the classical cues" in s.thought and s.observation.startswith("Confirmed")
+    )
+    assert step.tool_call.name == "crop_zoom" and step.data["network_share"] >= 0.35
+    alone = load_assessor("learned", device="cpu", max_cue_leads=0).assess(damaged).worst
+    assert alone is None or alone.distortion != kind or box_iou(alone.bbox, box) < 0.3
+
+
 @pytest.mark.parametrize("name", ["camera", "coffee"])
 def test_texture_is_not_reported_as_noise(critic, name):
     # grass and wood grain look like noise to the network; the grain cue (white and coloured at

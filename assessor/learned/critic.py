@@ -56,6 +56,8 @@ class LearnedConfig:
     coarse_types: tuple[str, ...] = ("blur",)
     max_seams: int = 2  # patches found by their borders (classical cue) zoomed on, besides max_zooms
     seam_agree: float = 1.2  # the network must see a tone type this many times more inside than around
+    cue_kinds: tuple[str, ...] = ("noise", "jpeg", "overexposure", "artifact")  # measured, not guessed
+    max_cue_leads: int = 3  # classical leads of those kinds zoomed on, besides the network's own
 
 
 @dataclass
@@ -231,6 +233,41 @@ class LearnedAssessor(AssessorBackend):
         seen = f"the network sees {best.replace('_', ' ')} {p_in:.2f} inside against {p_ring:.2f} around"
         return (
             Finding(seam.distortion, float(seam.severity), tuple(seam.box), f"{seam.reason}; {seen}"),
+            zoom,
+            numbers,
+        )
+
+    def _examine_cue_lead(
+        self, rgb: np.ndarray, look, cand, exclude: set[str]
+    ) -> tuple[Finding | None, Zoom | None, dict]:
+        """A region the classical cues single out for a defect they measure (noise level, 8x8
+        blockiness, clipping, grey-level use): the classical critic zooms on it and judges it tile by
+        tile, and it counts when the network, zoomed on the judged box, sees the same type over a
+        good part of it. The network's own leads miss these where its reduced look hides them."""
+        c = self._classical
+        h, w = rgb.shape[:2]
+        box = cand.box
+        judged = c._judge(
+            c._measure(rgb, box, look),
+            look,
+            box,
+            (box[2] - box[0]) * (box[3] - box[1]) / float(w * h),
+            exclude,
+        )
+        numbers = {"classical": [judged.distortion, round(float(judged.severity), 3)]}
+        if judged.distortion not in self.config.cue_kinds or judged.severity < self.config.min_severity:
+            return None, None, numbers
+        zoom = self._zoom(rgb, judged.box, self.config.context)
+        pred = self._see(zoom.image)
+        k = self.types.index(judged.distortion)
+        share = float((pred.presence[k][self._requested_cells(zoom, pred)] > self.config.threshold).mean())
+        numbers["network_share"] = round(share, 3)
+        if share < self.config.confirm:
+            return None, zoom, numbers
+        seen = f"the network sees it over {100 * share:.0f}% of the region"
+        box = tuple(int(v) for v in judged.box)
+        return (
+            Finding(judged.distortion, float(judged.severity), box, f"{judged.reason}; {seen}"),
             zoom,
             numbers,
         )
@@ -570,6 +607,43 @@ class LearnedAssessor(AssessorBackend):
                 continue
             if any(_explained_by(f, g) for g in seam_findings):
                 continue  # a patch's tone map explains the tone cues inside it (blown tiles of a tint)
+            count(f)
+
+        # (c) last, the regions the classical cues single out for what they measure reliably
+        leads = []
+        if cfg.cues and cfg.max_cue_leads and classical_look is not None:
+            leads = [
+                cand
+                for cand in self._classical._candidates(classical_look, (h, w), seams)
+                if cand.finding is None
+                and cand.distortion in cfg.cue_kinds
+                and cand.distortion not in global_kinds
+            ]
+        for cand in leads[: cfg.max_cue_leads]:
+            f, zoom, numbers = self._examine_cue_lead(rgb, classical_look, cand, global_kinds)
+            trace.append(
+                TraceStep(
+                    thought=f"Region {list(cand.box)} looks like {cand.distortion} to the classical cues: "
+                    f"{cand.why}. Zoom in: do the measurements hold up close, and does the network see it?",
+                    tool_call=ToolCall(
+                        "crop_zoom",
+                        {"bbox_2d": list(cand.box), "context": cfg.context, "target_size": cfg.zoom_size},
+                    ),
+                    observation=(
+                        f"Confirmed {f.distortion} (severity {f.severity:.2f}) in {list(f.box)}: {f.reason}."
+                        if f is not None
+                        else "Rejected: the measurements or the network do not hold it up close."
+                    ),
+                    view=list(zoom.box) if zoom is not None else list(cand.box),
+                    data=numbers,
+                )
+            )
+            if f is None or f.distortion in global_kinds:
+                continue
+            if any(g.distortion == f.distortion and box_iou(g.box, f.box) >= 0.5 for g in findings):
+                continue
+            if any(_explained_by(f, g) for g in seam_findings):
+                continue
             count(f)
 
         regions = [
