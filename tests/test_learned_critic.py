@@ -138,6 +138,16 @@ def test_texture_is_not_reported_as_noise(critic, name):
     assert noise_zooms and all(s.observation.startswith("Rejected") for s in noise_zooms)
 
 
+def test_a_large_lead_is_measured_on_native_pixels(critic):
+    # the motorcycle's fine texture looks like JPEG to the network over half the photo; that zoom
+    # is reduced, and the blockiness vote measures the region's native pixels: no 8x8 grid there
+    d = critic.assess(benchdata.load_photo("motorcycle"))
+    jpeg = [r for r in d.regions if r.distortion == "jpeg"]
+    assert all(r.severity < 0.3 for r in jpeg), d.regions
+    assert any("hardly any 8x8 block borders" in r.reason for r in jpeg)
+    assert d.score >= 4.5
+
+
 def test_a_blurred_background_next_to_sharp_detail_is_depth_of_field(critic):
     # the step back sees the soft background of a shallow depth-of-field scene as the blur it knows;
     # the classical edge widths (sharp detail next to a mapped soft area) vote it down, as they do

@@ -151,15 +151,16 @@ class LearnedAssessor(AssessorBackend):
             max_upscale=1.0,
         )
 
-    def _cue_vote(self, zoom: Zoom, kind: str, inside) -> tuple[float, str]:
-        """Classical cues where they are reliable, on native pixels: a factor on the severity (above
-        1: the cue agrees, below: it finds nothing of the kind) and what was measured."""
-        if not self.config.cues or zoom.scale_x < 0.999 or kind not in ("noise", "jpeg", "overexposure"):
+    def _cue_vote(self, rgb: np.ndarray, box, kind: str) -> tuple[float, str]:
+        """Classical cues where they are reliable, on the region's native pixels (also where the
+        network's zoom was reduced): a factor on the severity (above 1: the cue agrees, below: it
+        finds nothing of the kind) and what was measured."""
+        if not self.config.cues or kind not in ("noise", "jpeg", "overexposure"):
             return 1.0, ""
         from ..classical import cues
 
-        x0, y0, x1, y1 = (int(v) for v in inside)
-        region = np.ascontiguousarray(zoom.image[y0:y1, x0:x1])
+        x0, y0, x1, y1 = (int(v) for v in box)
+        region = np.ascontiguousarray(rgb[y0:y1, x0:x1])
         if min(region.shape[:2]) < 32:
             return 1.0, ""
         if kind == "overexposure":
@@ -175,7 +176,7 @@ class LearnedAssessor(AssessorBackend):
             y = cues.luminance(region)
             tile = max(8, min(64, (min(region.shape[:2]) // 8) * 8))
             # the grid of a region compressed with the whole image sits at the image origin
-            phase = ((7 - zoom.box[0] - x0) % 8, (7 - zoom.box[1] - y0) % 8)
+            phase = ((7 - x0) % 8, (7 - y0) % 8)
             _, whole, _ = cues.blockiness(y, tile, phase=phase, origin_phase=None)
             if whole >= 0.25:
                 return 1.1, f"8x8 block borders {whole:.2f}x stronger than block interiors"
@@ -393,7 +394,7 @@ class LearnedAssessor(AssessorBackend):
         sev_map = pred.severity[chosen][best_comp]
         p_map = pred.presence[chosen][best_comp]
         sev = float((sev_map * p_map).sum() / max(p_map.sum(), 1e-6))
-        factor, measured = self._cue_vote(zoom, kind2, (x0, y0, min(zw, x1), min(zh, y1)))
+        factor, measured = self._cue_vote(rgb, new_box, kind2)
         sev = float(np.clip(sev * factor, 0.0, 1.0))
         retyped = "" if kind2 == kind else f" (looked like {kind} at first)"
         reason = f"{kind2} over {100 * float(p_in[chosen]):.0f}% of the region{retyped}"
