@@ -87,6 +87,17 @@ def test_score_falls_as_a_global_distortion_grows(critic, astronaut, kind):
     assert scores[0] > scores[1] > scores[2], scores
 
 
+def test_heavy_noise_is_graded_by_its_measured_level(critic):
+    # the network sees noise but its grade levels off from level 3 on (chelsea: 3.12, 2.95, 3.05
+    # for levels 3-5); once it sees the kind, the measured noise sigma says how much
+    chelsea = benchdata.load_photo("chelsea")
+    ds = [critic.assess(apply_distortion(chelsea, "noise", lv, np.random.default_rng(0))) for lv in (3, 4, 5)]
+    scores = [d.score for d in ds]
+    assert scores[0] > scores[1] > scores[2], scores
+    grade = next(s for s in ds[-1].trace if "cue_damage" in s.data).data
+    assert grade["damage"]["noise"] == grade["cue_damage"]["noise"] >= 0.9
+
+
 def test_hard_negatives_are_not_condemned(critic):
     for kind, make in benchdata.HARD_NEGATIVES.items():
         img = make((512, 384), np.random.default_rng([0, 99]))

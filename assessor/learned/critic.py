@@ -52,6 +52,8 @@ class LearnedConfig:
     confirm: float = 0.35  # share of a candidate's cells that must still show the type in the zoom
     cues: bool = True  # let classical cues vote: noise, JPEG, clipping in zooms; exposure and colour overall
     cue_weight: float = 0.8  # weight of the classical whole-image exposure / contrast / colour grades
+    measured: tuple[str, ...] = ("noise", "jpeg", "artifact")  # graded by the measurement once seen
+    measured_gate: float = 0.1  # ... where the network's whole-image damage of the kind reaches this
     coarse_look: int = 320  # a second look at this long side for the coarse types (0: none)
     coarse_types: tuple[str, ...] = ("blur",)
     max_seams: int = 2  # patches found by their borders (classical cue) zoomed on, besides max_zooms
@@ -458,13 +460,18 @@ class LearnedAssessor(AssessorBackend):
                     cover[i] = max(cover[i], float((peek.presence[i] > cfg.threshold).mean()))
 
         # whole-image grade: fine defects count where the network sees them *and* the classical
-        # measurement agrees; exposure, contrast and colour follow the image's histogram measures
+        # measurement agrees; where the network sees noise, JPEG or banding, the measurement (noise
+        # sigma, quantization steps, grey levels used) says how much: the network's own grade of
+        # them levels off (noise at 0.3 from level 3 on); exposure, contrast and colour follow the
+        # image's histogram measures
         cue, classical_look, seams = self._global_cues(rgb) if cfg.cues else ({}, None, [])
         damage = net.copy()
         for i, t in enumerate(self.types):
             if t not in cue:
                 continue
-            if t in FINE_TYPES:
+            if t in cfg.measured and net[i] >= cfg.measured_gate:
+                damage[i] = cue[t]
+            elif t in FINE_TYPES:
                 damage[i] = float(np.sqrt(net[i] * cue[t]))
             else:
                 damage[i] = cfg.cue_weight * cue[t] + (1.0 - cfg.cue_weight) * net[i]
