@@ -159,6 +159,17 @@ def test_a_large_lead_is_measured_on_native_pixels(critic):
     assert d.score >= 4.5
 
 
+def test_a_jpeg_lead_is_graded_by_its_quantization_steps(critic):
+    # the Grace Hopper photo was saved at JPEG quality ~80: blocky-looking to the network in places
+    # (0.44), mild by its quantization steps, which grade it, as they grade the whole image
+    d = critic.assess(benchdata.load_photo("hopper"))
+    assert not [r for r in d.regions if r.distortion == "jpeg"], d.regions
+    graded = [s for s in d.trace if "quantized as by JPEG quality" in s.observation]
+    assert graded and all(s.observation.startswith("Too mild") for s in graded)
+    assert all(s.data["network_severity"] >= 0.3 for s in graded)
+    assert d.score >= 4.6
+
+
 def test_a_blurred_background_next_to_sharp_detail_is_depth_of_field(critic):
     # the step back sees the soft background of a shallow depth-of-field scene as the blur it knows;
     # the classical edge widths (sharp detail next to a mapped soft area) vote it down, as they do

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from ..backends import AssessorBackend
-from ..classical.critic import _explained_by
+from ..classical.critic import _explained_by, _quantization_severity
 from ..classical.severity import area_weight
 from ..imageio import as_rgb8, check_image_size
 from ..schema import Diagnosis, Region, ToolCall, TraceStep
@@ -153,38 +153,45 @@ class LearnedAssessor(AssessorBackend):
             max_upscale=1.0,
         )
 
-    def _cue_vote(self, rgb: np.ndarray, box, kind: str) -> tuple[float, str]:
+    def _cue_vote(self, rgb: np.ndarray, box, kind: str, sev: float) -> tuple[float, str]:
         """Classical cues where they are reliable, on the region's native pixels (also where the
-        network's zoom was reduced): a factor on the severity (above 1: the cue agrees, below: it
-        finds nothing of the kind) and what was measured."""
+        network's zoom was reduced): the severity after their vote (raised a little where the cue
+        agrees, cut where it finds nothing of the kind, the measurement itself where it says how
+        much) and what was measured."""
         if not self.config.cues or kind not in ("noise", "jpeg", "overexposure"):
-            return 1.0, ""
+            return sev, ""
         from ..classical import cues
 
         x0, y0, x1, y1 = (int(v) for v in box)
         region = np.ascontiguousarray(rgb[y0:y1, x0:x1])
         if min(region.shape[:2]) < 32:
-            return 1.0, ""
+            return sev, ""
         if kind == "overexposure":
             clipped = float((cues.channel_max(region) >= 250).mean())
             bright = float(cues.luminance(region).mean() / 255.0)
             if clipped >= 0.05 or bright >= 0.75:
                 return (
-                    1.1,
+                    1.1 * sev,
                     f"{100 * clipped:.0f}% of its pixels blown out, mean brightness {100 * bright:.0f}%",
                 )
-            return VETO, f"only {100 * clipped:.0f}% of its pixels blown out"
+            return VETO * sev, f"only {100 * clipped:.0f}% of its pixels blown out"
         if kind == "jpeg":
             y = cues.luminance(region)
-            tile = max(8, min(64, (min(region.shape[:2]) // 8) * 8))
             # the grid of a region compressed with the whole image sits at the image origin
             phase = ((7 - x0) % 8, (7 - y0) % 8)
+            # where the coefficients still sit on quantization steps, the steps say how hard it was
+            # compressed, whatever the blocks show (a photo saved at quality 80 looks blocky in
+            # places to the network, and is not)
+            quality, lattice = cues.jpeg_quality(region, y, phase, min_count=10)
+            if np.isfinite(quality):
+                return _quantization_severity(quality, lattice), f"quantized as by JPEG quality {quality:.0f}"
+            tile = max(8, min(64, (min(region.shape[:2]) // 8) * 8))
             _, whole, _ = cues.blockiness(y, tile, phase=phase, origin_phase=None)
             if whole >= 0.25:
-                return 1.1, f"8x8 block borders {whole:.2f}x stronger than block interiors"
+                return 1.1 * sev, f"8x8 block borders {whole:.2f}x stronger than block interiors"
             if whole < 0.08:
-                return VETO, f"hardly any 8x8 block borders ({whole:.2f})"
-            return 1.0, f"8x8 block borders {whole:.2f}x stronger than interiors"
+                return VETO * sev, f"hardly any 8x8 block borders ({whole:.2f})"
+            return sev, f"8x8 block borders {whole:.2f}x stronger than interiors"
         # noise: white at pixel scale and in colour as much as in luma (or very white): not texture
         tile = 16 if min(region.shape[:2]) < 96 else 32
         ts = cues.tile_stats(region, tile, native=False)
@@ -193,9 +200,9 @@ class LearnedAssessor(AssessorBackend):
         share = float(np.mean(grain)) if grain.size else 0.0
         sigma = float(np.nanmedian(ts.noise)) if np.isfinite(ts.noise).any() else float("nan")
         if share >= 0.5:
-            return 1.1, f"grain of sigma {sigma:.1f} (of 255), white and coloured like sensor noise"
+            return 1.1 * sev, f"grain of sigma {sigma:.1f} (of 255), white and coloured like sensor noise"
         return (
-            NOISE_VETO,
+            NOISE_VETO * sev,
             f"its fine detail is texture rather than grain ({100 * share:.0f}% of tiles grainy)",
         )
 
@@ -395,16 +402,16 @@ class LearnedAssessor(AssessorBackend):
         )
         sev_map = pred.severity[chosen][best_comp]
         p_map = pred.presence[chosen][best_comp]
-        sev = float((sev_map * p_map).sum() / max(p_map.sum(), 1e-6))
-        factor, measured = self._cue_vote(rgb, new_box, kind2)
-        sev = float(np.clip(sev * factor, 0.0, 1.0))
+        network_sev = float((sev_map * p_map).sum() / max(p_map.sum(), 1e-6))
+        sev, measured = self._cue_vote(rgb, new_box, kind2, network_sev)
+        sev = float(np.clip(sev, 0.0, 1.0))
         retyped = "" if kind2 == kind else f" (looked like {kind} at first)"
         reason = f"{kind2} over {100 * float(p_in[chosen]):.0f}% of the region{retyped}"
         if p_ring[chosen] < 0.5 * max(float(p_in[chosen]), 1e-3):
             reason += ", clearly worse than its surroundings"
         if measured:
             reason += f"; {measured}"
-        numbers["cue_factor"] = round(factor, 3)
+        numbers["network_severity"] = round(network_sev, 3)
         return Finding(kind2, sev, new_box, reason), zoom, numbers
 
     # ------------------------------------------------------------------ the loop
@@ -603,6 +610,10 @@ class LearnedAssessor(AssessorBackend):
                         if ok
                         else f"Rejected: {f.reason}, but a soft area next to sharp detail is intended depth of field."
                         if depth
+                        else f"Too mild to report (severity {f.severity:.2f}): {f.reason}."
+                        if f.confirmed and f.severity > 0
+                        else f"Rejected: {f.reason}."
+                        if f.confirmed  # a classical cue vetoed it
                         else "Rejected: seen up close with its surroundings, it does not hold."
                     ),
                     view=list(zoom.box),
