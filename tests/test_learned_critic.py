@@ -116,7 +116,8 @@ def test_a_patch_read_off_its_border_counts_where_the_network_sees_a_change(crit
     assert worst is not None and worst.distortion == kind and box_iou(worst.bbox, box) >= 0.9, d.regions
     step = next(s for s in d.trace if "steps the same way all around" in s.thought)
     assert step.tool_call.name == "crop_zoom" and "network_in_ring" in step.data
-    assert load_assessor("learned", device="cpu", max_seams=0).assess(damaged).worst is None
+    alone = load_assessor("learned", device="cpu", max_seams=0, max_cue_leads=0).assess(damaged).worst
+    assert alone is None
     strict = load_assessor("learned", device="cpu", seam_agree=100.0).assess(damaged).worst  # no agreement
     assert strict is None or strict.distortion != kind
 
@@ -136,6 +137,25 @@ def test_a_classical_lead_counts_where_the_network_confirms_it_up_close(critic, 
     assert step.tool_call.name == "crop_zoom" and step.data["network_share"] >= 0.35
     alone = load_assessor("learned", device="cpu", max_cue_leads=0).assess(damaged).worst
     assert alone is None or alone.distortion != kind or box_iou(alone.bbox, box) < 0.3
+
+
+@pytest.mark.parametrize(
+    ("kind", "box"), [("underexposure", (100, 100, 300, 300)), ("low_contrast", (300, 40, 560, 200))]
+)
+def test_a_soft_edged_tone_patch_counts_where_the_network_sees_a_change(critic, kind, box):
+    # a feathered ellipse has no border to read; the classical tone cues single it out, the
+    # classical judge types it, and the network zoomed on it sees more of a tone defect inside
+    img = benchdata.load_photo("motorcycle")
+    damaged = degrade_region(img, kind, 5, box, np.random.default_rng(1), shape="ellipse", feather=4.0).image
+    d = critic.assess(damaged)
+    worst = d.worst
+    assert worst is not None and worst.distortion == kind and box_iou(worst.bbox, box) >= 0.45, d.regions
+    step = next(
+        s for s in d.trace if "to the classical cues" in s.thought and s.observation.startswith("Confirmed")
+    )
+    assert "network_in_ring" in step.data and step.data["classical"][0] == kind
+    alone = load_assessor("learned", device="cpu", max_cue_leads=0).assess(damaged).worst
+    assert alone is None or alone.distortion != kind
 
 
 @pytest.mark.parametrize("name", ["camera", "coffee"])

@@ -58,8 +58,19 @@ class LearnedConfig:
     coarse_types: tuple[str, ...] = ("blur",)
     max_seams: int = 2  # patches found by their borders (classical cue) zoomed on, besides max_zooms
     seam_agree: float = 1.2  # the network must see a tone type this many times more inside than around
-    cue_kinds: tuple[str, ...] = ("noise", "jpeg", "overexposure", "artifact")  # measured, not guessed
-    max_cue_leads: int = 3  # classical leads of those kinds zoomed on, besides the network's own
+    # kinds of the classical critic's leads zoomed on, besides the network's own: those its cues
+    # measure (noise level, 8x8 blockiness, clipping, grey-level use), and tones the network must
+    # see change there
+    cue_kinds: tuple[str, ...] = (
+        "noise",
+        "jpeg",
+        "overexposure",
+        "artifact",
+        "underexposure",
+        "low_contrast",
+        "color_cast",
+    )
+    max_cue_leads: int = 6
 
 
 @dataclass
@@ -221,8 +232,22 @@ class LearnedAssessor(AssessorBackend):
     def _examine_seam(self, rgb: np.ndarray, seam) -> tuple[Finding | None, Zoom, dict]:
         """Zoom on a patch the classical border reading found: the network must see a tone type
         more inside it than around it (it rarely sees a patch's tone surely, but it sees a change)."""
-        cfg = self.config
-        zoom = self._zoom(rgb, seam.box, cfg.context)
+        zoom = self._zoom(rgb, seam.box, self.config.context)
+        seen, numbers = self._tone_change(zoom)
+        if seam.reading:
+            numbers["border_gains"] = [round(float(g), 3) for g in seam.reading.gains]
+        if not seen:
+            return None, zoom, numbers
+        return (
+            Finding(seam.distortion, float(seam.severity), tuple(seam.box), f"{seam.reason}; {seen}"),
+            zoom,
+            numbers,
+        )
+
+    def _tone_change(self, zoom: Zoom) -> tuple[str, dict]:
+        """Whether the network, zoomed on a region with its surroundings, sees some tone defect
+        ``seam_agree`` times more inside than around: it rarely sees a patch's tone surely (a tint
+        not at all), but it sees a change. What it saw ("" for no change) and its presences."""
         pred = self._see(zoom.image)
         inside = self._requested_cells(zoom, pred)
         ring = ~inside
@@ -234,26 +259,17 @@ class LearnedAssessor(AssessorBackend):
             ratios[t] = (p_in, p_ring, p_in / max(p_ring, 0.02))
         best = max(ratios, key=lambda t: ratios[t][2])
         p_in, p_ring, ratio = ratios[best]
-        numbers = {
-            "border_gains": [round(float(g), 3) for g in seam.reading.gains] if seam.reading else [],
-            "network_in_ring": {t: [round(v[0], 3), round(v[1], 3)] for t, v in ratios.items()},
-        }
-        if ratio < cfg.seam_agree:
-            return None, zoom, numbers
-        seen = f"the network sees {best.replace('_', ' ')} {p_in:.2f} inside against {p_ring:.2f} around"
+        numbers = {"network_in_ring": {t: [round(v[0], 3), round(v[1], 3)] for t, v in ratios.items()}}
+        if ratio < self.config.seam_agree:
+            return "", numbers
         return (
-            Finding(seam.distortion, float(seam.severity), tuple(seam.box), f"{seam.reason}; {seen}"),
-            zoom,
+            f"the network sees {best.replace('_', ' ')} {p_in:.2f} inside against {p_ring:.2f} around",
             numbers,
         )
 
-    def _examine_cue_lead(
-        self, rgb: np.ndarray, look, cand, exclude: set[str]
-    ) -> tuple[Finding | None, Zoom | None, dict]:
-        """A region the classical cues single out for a defect they measure (noise level, 8x8
-        blockiness, clipping, grey-level use): the classical critic zooms on it and judges it tile by
-        tile, and it counts when the network, zoomed on the judged box, sees the same type over a
-        good part of it. The network's own leads miss these where its reduced look hides them."""
+    def _judge_cue_lead(self, rgb: np.ndarray, look, cand, exclude: set[str]):
+        """A region the classical cues single out: the classical critic zooms on it and judges it
+        tile by tile (type, severity, tightened box). None where nothing of ``cue_kinds`` holds."""
         c = self._classical
         h, w = rgb.shape[:2]
         box = cand.box
@@ -266,15 +282,29 @@ class LearnedAssessor(AssessorBackend):
         )
         numbers = {"classical": [judged.distortion, round(float(judged.severity), 3)]}
         if judged.distortion not in self.config.cue_kinds or judged.severity < self.config.min_severity:
-            return None, None, numbers
+            return None, numbers
+        return judged, numbers
+
+    def _network_agrees(self, rgb: np.ndarray, judged) -> tuple[Finding | None, Zoom, dict]:
+        """The network zoomed on a classical finding: where the cues measure the kind (noise level,
+        8x8 blockiness, clipping, grey-level use) it must see the same type over a good part of it;
+        a tone it cannot name surely, it must see change there. The network's own leads miss these
+        where its reduced look hides them or texture elsewhere outranks them."""
         zoom = self._zoom(rgb, judged.box, self.config.context)
-        pred = self._see(zoom.image)
-        k = self.types.index(judged.distortion)
-        share = float((pred.presence[k][self._requested_cells(zoom, pred)] > self.config.threshold).mean())
-        numbers["network_share"] = round(share, 3)
-        if share < self.config.confirm:
-            return None, zoom, numbers
-        seen = f"the network sees it over {100 * share:.0f}% of the region"
+        if judged.distortion in TONE_TYPES and judged.distortion != "overexposure":
+            seen, numbers = self._tone_change(zoom)
+            if not seen:
+                return None, zoom, numbers
+        else:
+            pred = self._see(zoom.image)
+            k = self.types.index(judged.distortion)
+            share = float(
+                (pred.presence[k][self._requested_cells(zoom, pred)] > self.config.threshold).mean()
+            )
+            numbers = {"network_share": round(share, 3)}
+            if share < self.config.confirm:
+                return None, zoom, numbers
+            seen = f"the network sees it over {100 * share:.0f}% of the region"
         box = tuple(int(v) for v in judged.box)
         return (
             Finding(judged.distortion, float(judged.severity), box, f"{judged.reason}; {seen}"),
@@ -638,8 +668,31 @@ class LearnedAssessor(AssessorBackend):
                 and cand.distortion in cfg.cue_kinds
                 and cand.distortion not in global_kinds
             ]
+
+        def known(g) -> bool:
+            """Already counted: the whole image's kind, the same region, or a patch's tone map."""
+            return (
+                g.distortion in global_kinds
+                or any(k.distortion == g.distortion and box_iou(k.box, g.box) >= 0.5 for k in findings)
+                or any(_explained_by(g, s) for s in seam_findings)
+            )
+
         for cand in leads[: cfg.max_cue_leads]:
-            f, zoom, numbers = self._examine_cue_lead(rgb, classical_look, cand, global_kinds)
+            judged, numbers = self._judge_cue_lead(rgb, classical_look, cand, global_kinds)
+            f, zoom = None, None
+            if judged is None:
+                observation = "Rejected: up close the classical measurements do not hold it."
+            elif known(judged):
+                observation = f"Already counted: {judged.distortion} in {list(judged.box)}."
+            else:
+                f, zoom, more = self._network_agrees(rgb, judged)
+                numbers.update(more)
+                observation = (
+                    f"Confirmed {f.distortion} (severity {f.severity:.2f}) in {list(f.box)}: {f.reason}."
+                    if f is not None
+                    else f"Rejected: the classical critic reads {judged.distortion} "
+                    f"(severity {judged.severity:.2f}), the network does not see it there."
+                )
             trace.append(
                 TraceStep(
                     thought=f"Region {list(cand.box)} looks like {cand.distortion} to the classical cues: "
@@ -648,22 +701,13 @@ class LearnedAssessor(AssessorBackend):
                         "crop_zoom",
                         {"bbox_2d": list(cand.box), "context": cfg.context, "target_size": cfg.zoom_size},
                     ),
-                    observation=(
-                        f"Confirmed {f.distortion} (severity {f.severity:.2f}) in {list(f.box)}: {f.reason}."
-                        if f is not None
-                        else "Rejected: the measurements or the network do not hold it up close."
-                    ),
+                    observation=observation,
                     view=list(zoom.box) if zoom is not None else list(cand.box),
                     data=numbers,
                 )
             )
-            if f is None or f.distortion in global_kinds:
-                continue
-            if any(g.distortion == f.distortion and box_iou(g.box, f.box) >= 0.5 for g in findings):
-                continue
-            if any(_explained_by(f, g) for g in seam_findings):
-                continue
-            count(f)
+            if f is not None:
+                count(f)
 
         regions = [
             Region(list(f.box), f.distortion, round(float(np.clip(f.severity, 0, 1)), 3), f.reason)
