@@ -35,6 +35,7 @@ from .model import MAP_STRIDE, Prediction, WeightsError, load_weights, predict, 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "critic.safetensors"
 FINE_TYPES = ("blur", "noise", "jpeg", "artifact")  # need native pixels to be seen
 TONE_TYPES = ("overexposure", "underexposure", "low_contrast", "color_cast")
+LOCAL_TONES = TONE_TYPES[1:]  # tones the network sees only as a change (clipping it measures)
 VETO = 0.35  # severity factor when a reliable classical cue finds nothing of the kind
 NOISE_VETO = 0.0  # texture is not noise: smoothing it away raises a score and loses the detail
 
@@ -57,7 +58,7 @@ class LearnedConfig:
     coarse_look: int = 320  # a second look at this long side for the coarse types (0: none)
     coarse_types: tuple[str, ...] = ("blur",)
     max_seams: int = 2  # patches found by their borders (classical cue) zoomed on, besides max_zooms
-    seam_agree: float = 1.2  # the network must see a tone type this many times more inside than around
+    tone_agree: float = 1.2  # a local tone: the network sees one this many times more inside than around
     # kinds of the classical critic's leads zoomed on, besides the network's own: those its cues
     # measure (noise level, 8x8 blockiness, clipping, grey-level use), and tones the network must
     # see change there
@@ -246,7 +247,7 @@ class LearnedAssessor(AssessorBackend):
 
     def _tone_change(self, zoom: Zoom) -> tuple[str, dict]:
         """Whether the network, zoomed on a region with its surroundings, sees some tone defect
-        ``seam_agree`` times more inside than around: it rarely sees a patch's tone surely (a tint
+        ``tone_agree`` times more inside than around: it rarely sees a patch's tone surely (a tint
         not at all), but it sees a change. What it saw ("" for no change) and its presences."""
         pred = self._see(zoom.image)
         inside = self._requested_cells(zoom, pred)
@@ -260,7 +261,7 @@ class LearnedAssessor(AssessorBackend):
         best = max(ratios, key=lambda t: ratios[t][2])
         p_in, p_ring, ratio = ratios[best]
         numbers = {"network_in_ring": {t: [round(v[0], 3), round(v[1], 3)] for t, v in ratios.items()}}
-        if ratio < self.config.seam_agree:
+        if ratio < self.config.tone_agree:
             return "", numbers
         return (
             f"the network sees {best.replace('_', ' ')} {p_in:.2f} inside against {p_ring:.2f} around",
@@ -291,7 +292,7 @@ class LearnedAssessor(AssessorBackend):
         a tone it cannot name surely, it must see change there. The network's own leads miss these
         where its reduced look hides them or texture elsewhere outranks them."""
         zoom = self._zoom(rgb, judged.box, self.config.context)
-        if judged.distortion in TONE_TYPES and judged.distortion != "overexposure":
+        if judged.distortion in LOCAL_TONES:
             seen, numbers = self._tone_change(zoom)
             if not seen:
                 return None, zoom, numbers
@@ -411,6 +412,9 @@ class LearnedAssessor(AssessorBackend):
             },
         }
         if share[chosen] < cfg.confirm:
+            return Finding(kind, 0.0, tuple(box), "", confirmed=False), zoom, numbers
+        if self.types[chosen] in LOCAL_TONES and p_in[chosen] < cfg.tone_agree * p_ring[chosen]:
+            # as dark (flat, tinted) around as inside: the scene's own tones, not a local defect
             return Finding(kind, 0.0, tuple(box), "", confirmed=False), zoom, numbers
         # re-localize: the zoom's connected area of this type that overlaps the region most
         mask = pred.presence[chosen] > cfg.threshold
