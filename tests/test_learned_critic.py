@@ -118,7 +118,7 @@ def test_a_patch_read_off_its_border_counts_where_the_network_sees_a_change(crit
     assert step.tool_call.name == "crop_zoom" and "network_in_ring" in step.data
     alone = load_assessor("learned", device="cpu", max_seams=0, max_cue_leads=0).assess(damaged).worst
     assert alone is None
-    strict = load_assessor("learned", device="cpu", tone_agree=100.0).assess(damaged).worst  # no agreement
+    strict = load_assessor("learned", device="cpu", more_inside=100.0).assess(damaged).worst  # no agreement
     assert strict is None or strict.distortion != kind
 
 
@@ -137,6 +137,26 @@ def test_a_classical_lead_counts_where_the_network_confirms_it_up_close(critic, 
     assert step.tool_call.name == "crop_zoom" and step.data["network_share"] >= 0.35
     alone = load_assessor("learned", device="cpu", max_cue_leads=0).assess(damaged).worst
     assert alone is None or alone.distortion != kind or box_iou(alone.bbox, box) < 0.3
+
+
+def test_blown_out_patch_counts_where_the_network_sees_more_of_it_inside(critic):
+    # the network sees overexposure over too little of a blown-out patch on the Grace Hopper photo
+    # to confirm it, but clearly more inside than around: with the clipping measured, that counts
+    box = (100, 100, 300, 300)
+    img = degrade_region(
+        benchdata.load_photo("hopper"), "overexposure", 4, box, np.random.default_rng(1)
+    ).image
+    d = critic.assess(img)
+    worst = d.worst
+    assert worst is not None and worst.distortion == "overexposure" and box_iou(worst.bbox, box) >= 0.5, (
+        d.regions
+    )
+    step = next(
+        s for s in d.trace if "to the classical cues" in s.thought and s.observation.startswith("Confirmed")
+    )
+    p_in, p_ring = step.data["network_in_ring"]
+    assert step.data["network_share"] < 0.35 and p_in >= 1.2 * max(p_ring, 0.02)
+    assert load_assessor("learned", device="cpu", more_inside=100.0).assess(img).worst is None
 
 
 @pytest.mark.parametrize(

@@ -58,7 +58,7 @@ class LearnedConfig:
     coarse_look: int = 320  # a second look at this long side for the coarse types (0: none)
     coarse_types: tuple[str, ...] = ("blur",)
     max_seams: int = 2  # patches found by their borders (classical cue) zoomed on, besides max_zooms
-    tone_agree: float = 1.2  # a local tone: the network sees one this many times more inside than around
+    more_inside: float = 1.2  # a change the network sees: this many times more presence inside than around
     # kinds of the classical critic's leads zoomed on, besides the network's own: those its cues
     # measure (noise level, 8x8 blockiness, clipping, grey-level use), and tones the network must
     # see change there
@@ -247,7 +247,7 @@ class LearnedAssessor(AssessorBackend):
 
     def _tone_change(self, zoom: Zoom) -> tuple[str, dict]:
         """Whether the network, zoomed on a region with its surroundings, sees some tone defect
-        ``tone_agree`` times more inside than around: it rarely sees a patch's tone surely (a tint
+        ``more_inside`` times more inside than around: it rarely sees a patch's tone surely (a tint
         not at all), but it sees a change. What it saw ("" for no change) and its presences."""
         pred = self._see(zoom.image)
         inside = self._requested_cells(zoom, pred)
@@ -261,7 +261,7 @@ class LearnedAssessor(AssessorBackend):
         best = max(ratios, key=lambda t: ratios[t][2])
         p_in, p_ring, ratio = ratios[best]
         numbers = {"network_in_ring": {t: [round(v[0], 3), round(v[1], 3)] for t, v in ratios.items()}}
-        if ratio < self.config.tone_agree:
+        if ratio < self.config.more_inside:
             return "", numbers
         return (
             f"the network sees {best.replace('_', ' ')} {p_in:.2f} inside against {p_ring:.2f} around",
@@ -297,15 +297,23 @@ class LearnedAssessor(AssessorBackend):
             if not seen:
                 return None, zoom, numbers
         else:
+            # the type over a good part of the region, or clearly more of it inside than around
             pred = self._see(zoom.image)
             k = self.types.index(judged.distortion)
-            share = float(
-                (pred.presence[k][self._requested_cells(zoom, pred)] > self.config.threshold).mean()
-            )
-            numbers = {"network_share": round(share, 3)}
-            if share < self.config.confirm:
+            inside = self._requested_cells(zoom, pred)
+            share = float((pred.presence[k][inside] > self.config.threshold).mean())
+            p_in = float(pred.presence[k][inside].mean())
+            p_ring = float(pred.presence[k][~inside].mean()) if (~inside).sum() >= 4 else 0.0
+            numbers = {
+                "network_share": round(share, 3),
+                "network_in_ring": [round(p_in, 3), round(p_ring, 3)],
+            }
+            if share >= self.config.confirm:
+                seen = f"the network sees it over {100 * share:.0f}% of the region"
+            elif p_in >= self.config.more_inside * max(p_ring, 0.02):
+                seen = f"the network sees it {p_in:.2f} inside against {p_ring:.2f} around"
+            else:
                 return None, zoom, numbers
-            seen = f"the network sees it over {100 * share:.0f}% of the region"
         box = tuple(int(v) for v in judged.box)
         return (
             Finding(judged.distortion, float(judged.severity), box, f"{judged.reason}; {seen}"),
@@ -413,7 +421,7 @@ class LearnedAssessor(AssessorBackend):
         }
         if share[chosen] < cfg.confirm:
             return Finding(kind, 0.0, tuple(box), "", confirmed=False), zoom, numbers
-        if self.types[chosen] in LOCAL_TONES and p_in[chosen] < cfg.tone_agree * p_ring[chosen]:
+        if self.types[chosen] in LOCAL_TONES and p_in[chosen] < cfg.more_inside * p_ring[chosen]:
             # as dark (flat, tinted) around as inside: the scene's own tones, not a local defect
             return Finding(kind, 0.0, tuple(box), "", confirmed=False), zoom, numbers
         # re-localize: the zoom's connected area of this type that overlaps the region most
