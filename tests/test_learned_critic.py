@@ -74,7 +74,8 @@ def test_a_wide_blur_is_found_by_stepping_back(critic, name):
         s for s in d.trace if s.tool_call is not None and centre_inside(s.tool_call.arguments["bbox_2d"], box)
     )
     assert zoom.tool_call.arguments["target_size"] < zoom.view[2] - zoom.view[0]  # reduced, not native
-    plain = load_assessor("learned", device="cpu", coarse_look=0).assess(damaged).worst
+    # the network's own look at full size (no step back, no classical blur lead) finds nothing
+    plain = load_assessor("learned", device="cpu", coarse_look=0, max_cue_leads=0).assess(damaged).worst
     assert plain is None or plain.distortion != "blur"
 
 
@@ -137,6 +138,24 @@ def test_a_classical_lead_counts_where_the_network_confirms_it_up_close(critic, 
     assert step.tool_call.name == "crop_zoom" and step.data["network_share"] >= 0.35
     alone = load_assessor("learned", device="cpu", max_cue_leads=0).assess(damaged).worst
     assert alone is None or alone.distortion != kind or box_iou(alone.bbox, box) < 0.3
+
+
+def test_a_blurred_patch_the_edge_widths_single_out_counts(critic):
+    # on the flat moon photo the network's look misses a small blurred patch; the classical edge
+    # widths single it out, the classical judge grades it, and the network zoomed on it agrees
+    box = (260, 80, 380, 200)
+    moon = benchdata.load_photo("moon")
+    img = degrade_region(moon, "blur", 4, box, np.random.default_rng(1), shape="ellipse", feather=4.0).image
+    d = critic.assess(img)
+    worst = d.worst
+    assert worst is not None and worst.distortion == "blur" and box_iou(worst.bbox, box) >= 0.5, d.regions
+    step = next(
+        s for s in d.trace if "to the classical cues" in s.thought and s.observation.startswith("Confirmed")
+    )
+    assert step.data["classical"][0] == "blur"
+    kinds = tuple(t for t in critic.config.cue_kinds if t != "blur")
+    alone = load_assessor("learned", device="cpu", cue_kinds=kinds).assess(img).worst
+    assert alone is None or alone.distortion != "blur"
 
 
 def test_blown_out_patch_counts_where_the_network_sees_more_of_it_inside(critic):

@@ -59,19 +59,20 @@ class LearnedConfig:
     coarse_types: tuple[str, ...] = ("blur",)
     max_seams: int = 2  # patches found by their borders (classical cue) zoomed on, besides max_zooms
     more_inside: float = 1.2  # a change the network sees: this many times more presence inside than around
-    # kinds of the classical critic's leads zoomed on, besides the network's own: those its cues
-    # measure (noise level, 8x8 blockiness, clipping, grey-level use), and tones the network must
-    # see change there
+    # the classical critic's leads zoomed on, besides the network's own, and the kinds they may
+    # count as (the classical judge's measurements: noise level, 8x8 blockiness, clipping, grey
+    # levels, edge widths; tones, which the network must see change there)
+    max_cue_leads: int = 6
     cue_kinds: tuple[str, ...] = (
+        "blur",
         "noise",
         "jpeg",
         "overexposure",
-        "artifact",
         "underexposure",
         "low_contrast",
         "color_cast",
+        "artifact",
     )
-    max_cue_leads: int = 6
 
 
 @dataclass
@@ -288,9 +289,10 @@ class LearnedAssessor(AssessorBackend):
 
     def _network_agrees(self, rgb: np.ndarray, judged) -> tuple[Finding | None, Zoom, dict]:
         """The network zoomed on a classical finding: where the cues measure the kind (noise level,
-        8x8 blockiness, clipping, grey-level use) it must see the same type over a good part of it;
-        a tone it cannot name surely, it must see change there. The network's own leads miss these
-        where its reduced look hides them or texture elsewhere outranks them."""
+        8x8 blockiness, clipping, grey levels, edge widths) it must see the same type over a good
+        part of it or clearly more inside than around; a tone it cannot name surely, it must see
+        change there. Its own leads miss these where its reduced look hides them or texture
+        elsewhere outranks them."""
         zoom = self._zoom(rgb, judged.box, self.config.context)
         if judged.distortion in LOCAL_TONES:
             seen, numbers = self._tone_change(zoom)
