@@ -140,6 +140,18 @@ def test_a_classical_lead_counts_where_the_network_confirms_it_up_close(critic, 
     assert alone is None or alone.distortion != kind or box_iou(alone.bbox, box) < 0.3
 
 
+def test_a_defect_seen_twice_is_reported_once(critic):
+    # the network's own zoom finds part of a blown-out patch (0.39), the classical lead all of it
+    # (0.80): one region, the more severe reading
+    hopper = benchdata.load_photo("hopper")
+    img = degrade_region(hopper, "overexposure", 4, (100, 100, 300, 300), np.random.default_rng(1)).image
+    img = degrade_region(img, "jpeg", 5, (300, 320, 480, 520), np.random.default_rng(2)).image
+    d = critic.assess(img)
+    over = [r for r in d.regions if r.distortion == "overexposure"]
+    assert len(over) == 1 and over[0].severity >= 0.7, d.regions
+    assert [r.distortion for r in d.regions if r.severity >= 0.4] == ["overexposure", "jpeg"]
+
+
 def test_a_blurred_patch_the_edge_widths_single_out_counts(critic):
     # on the flat moon photo the network's look misses a small blurred patch; the classical edge
     # widths single it out, the classical judge grades it, and the network zoomed on it agrees

@@ -28,7 +28,7 @@ from ..classical.critic import _explained_by, _quantization_severity
 from ..classical.severity import area_weight
 from ..imageio import as_rgb8, check_image_size
 from ..schema import Diagnosis, Region, ToolCall, TraceStep
-from ..zoom import Zoom, box_iou, crop_zoom
+from ..zoom import Zoom, box_intersection, box_iou, crop_zoom
 from .data import score_from_damage
 from .model import MAP_STRIDE, Prediction, WeightsError, load_weights, predict, prepare_for_inference
 
@@ -593,11 +593,30 @@ class LearnedAssessor(AssessorBackend):
         def area_of(box) -> float:
             return (box[2] - box[0]) * (box[3] - box[1]) / float(w * h)
 
+        def weight(f: Finding) -> float:
+            return f.severity * area_weight(area_of(f.box))
+
+        def same(f: Finding) -> int | None:
+            """The local finding of f's kind that is f seen again (boxes overlapping by half their
+            union, or one mostly inside the other), if any."""
+            for i, g in enumerate(findings):
+                if g.distortion != f.distortion or tuple(g.box) == full:
+                    continue
+                small = min(area_of(f.box), area_of(g.box)) * w * h
+                if box_iou(f.box, g.box) >= 0.5 or box_intersection(f.box, g.box) >= 0.7 * small:
+                    return i
+            return None
+
         def count(f: Finding) -> None:
-            """A confirmed local finding: reported, and its damage weighed by its area."""
-            findings.append(f)
+            """A confirmed local finding: reported, and its damage weighed by its area; a defect seen
+            twice counts once, as its more severe reading (the damage keeps the larger weight)."""
+            i = same(f)
+            if i is None:
+                findings.append(f)
+            elif f.severity > findings[i].severity:
+                findings[i] = f
             k = self.types.index(f.distortion)
-            damage[k] = max(damage[k], f.severity * area_weight(area_of(f.box)))
+            damage[k] = max(damage[k], weight(f))
 
         seam_findings: list[Finding] = []
         for seam in seams[: cfg.max_seams]:
@@ -666,8 +685,6 @@ class LearnedAssessor(AssessorBackend):
             )
             if not ok or f.distortion in global_kinds:
                 continue
-            if any(g.distortion == f.distortion and box_iou(g.box, f.box) >= 0.5 for g in findings):
-                continue
             if any(_explained_by(f, g) for g in seam_findings):
                 continue  # a patch's tone map explains the tone cues inside it (blown tiles of a tint)
             count(f)
@@ -687,7 +704,7 @@ class LearnedAssessor(AssessorBackend):
             """Already counted: the whole image's kind, the same region, or a patch's tone map."""
             return (
                 g.distortion in global_kinds
-                or any(k.distortion == g.distortion and box_iou(k.box, g.box) >= 0.5 for k in findings)
+                or (same(g) is not None and findings[same(g)].severity >= g.severity)
                 or any(_explained_by(g, s) for s in seam_findings)
             )
 
