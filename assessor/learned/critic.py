@@ -8,9 +8,11 @@ native-resolution peek at the most detailed area checks what a reduced look cann
 JPEG blocks, slight blur). (c) ``crop_zoom`` re-examines each candidate *with its surroundings*,
 at native resolution (or at the scale it was seen): the network looks again and confirms,
 retypes, grades and re-localizes it; classical cues vote where they are reliable (noise level,
-8x8 blockiness, clipping, depth of field, and patches read off their borders, which count where
-the network sees a change). (d) The score follows from the network's whole-image damage, raised
-where a zoom found worse.
+JPEG quantization and blockiness, clipping, depth of field, and patches read off their borders,
+which count where the network sees a change); last, the classical critic's own leads, judged by
+its tile measurements, count where the network zoomed on them agrees. (d) The score follows from
+the whole-image damage (the network's, with the classical measurements of what they measure
+well), raised where a zoom found worse.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from ..imageio import as_rgb8, check_image_size
 from ..schema import Diagnosis, Region, ToolCall, TraceStep
 from ..zoom import Zoom, box_intersection, box_iou, crop_zoom
 from .data import score_from_damage
-from .model import MAP_STRIDE, Prediction, WeightsError, load_weights, predict, prepare_for_inference
+from .model import MAP_STRIDE, TYPES, Prediction, WeightsError, load_weights, predict, prepare_for_inference
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "critic.safetensors"
 FINE_TYPES = ("blur", "noise", "jpeg", "artifact")  # need native pixels to be seen
@@ -51,7 +53,7 @@ class LearnedConfig:
     min_severity: float = 0.15  # findings milder than this are not reported
     global_cover: float = 0.75  # a type shown over this share of the image is a whole-image defect
     confirm: float = 0.35  # share of a candidate's cells that must still show the type in the zoom
-    cues: bool = True  # let classical cues vote: noise, JPEG, clipping in zooms; exposure and colour overall
+    cues: bool = True  # let classical cues vote (in zooms, overall) and lead (their own candidates)
     cue_weight: float = 0.8  # weight of the classical whole-image exposure / contrast / colour grades
     measured: tuple[str, ...] = ("noise", "jpeg", "artifact")  # graded by the measurement once seen
     measured_gate: float = 0.1  # ... where the network's whole-image damage of the kind reaches this
@@ -63,16 +65,7 @@ class LearnedConfig:
     # count as (the classical judge's measurements: noise level, 8x8 blockiness, clipping, grey
     # levels, edge widths; tones, which the network must see change there)
     max_cue_leads: int = 6
-    cue_kinds: tuple[str, ...] = (
-        "blur",
-        "noise",
-        "jpeg",
-        "overexposure",
-        "underexposure",
-        "low_contrast",
-        "color_cast",
-        "artifact",
-    )
+    cue_kinds: tuple[str, ...] = TYPES  # every type the network can show
 
 
 @dataclass
@@ -689,7 +682,8 @@ class LearnedAssessor(AssessorBackend):
                 continue  # a patch's tone map explains the tone cues inside it (blown tiles of a tint)
             count(f)
 
-        # (c) last, the regions the classical cues single out for what they measure reliably
+        # (c) last, the classical critic's own leads, judged by its tile measurements, counted where
+        # the network agrees
         leads = []
         if cfg.cues and cfg.max_cue_leads and classical_look is not None:
             leads = [
@@ -701,10 +695,12 @@ class LearnedAssessor(AssessorBackend):
             ]
 
         def known(g) -> bool:
-            """Already counted: the whole image's kind, the same region, or a patch's tone map."""
+            """Already counted: the whole image's kind, the same region at least as severe, or a
+            patch's tone map."""
+            i = same(g)
             return (
                 g.distortion in global_kinds
-                or (same(g) is not None and findings[same(g)].severity >= g.severity)
+                or (i is not None and findings[i].severity >= g.severity)
                 or any(_explained_by(g, s) for s in seam_findings)
             )
 
