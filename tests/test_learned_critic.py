@@ -33,6 +33,13 @@ def centre_inside(region_box, true_box) -> bool:
     return true_box[0] <= cx < true_box[2] and true_box[1] <= cy < true_box[3]
 
 
+def confirmed_classical_lead(d: Diagnosis):
+    """The trace step where a classical critic's lead was zoomed on and confirmed."""
+    return next(
+        s for s in d.trace if "to the classical cues" in s.thought and s.observation.startswith("Confirmed")
+    )
+
+
 def test_registered_as_a_backend():
     assert "learned" in BACKENDS and "brisque" in BACKENDS
 
@@ -132,9 +139,7 @@ def test_a_classical_lead_counts_where_the_network_confirms_it_up_close(critic, 
     d = critic.assess(damaged)
     worst = d.worst
     assert worst is not None and worst.distortion == kind and box_iou(worst.bbox, box) >= 0.3, d.regions
-    step = next(
-        s for s in d.trace if "to the classical cues" in s.thought and s.observation.startswith("Confirmed")
-    )
+    step = confirmed_classical_lead(d)
     assert step.tool_call.name == "crop_zoom" and step.data["network_share"] >= 0.35
     alone = load_assessor("learned", device="cpu", max_cue_leads=0).assess(damaged).worst
     assert alone is None or alone.distortion != kind or box_iou(alone.bbox, box) < 0.3
@@ -161,9 +166,7 @@ def test_a_blurred_patch_the_edge_widths_single_out_counts(critic):
     d = critic.assess(img)
     worst = d.worst
     assert worst is not None and worst.distortion == "blur" and box_iou(worst.bbox, box) >= 0.5, d.regions
-    step = next(
-        s for s in d.trace if "to the classical cues" in s.thought and s.observation.startswith("Confirmed")
-    )
+    step = confirmed_classical_lead(d)
     assert step.data["classical"][0] == "blur"
     kinds = tuple(t for t in critic.config.cue_kinds if t != "blur")
     alone = load_assessor("learned", device="cpu", cue_kinds=kinds).assess(img).worst
@@ -182,9 +185,7 @@ def test_blown_out_patch_counts_where_the_network_sees_more_of_it_inside(critic)
     assert worst is not None and worst.distortion == "overexposure" and box_iou(worst.bbox, box) >= 0.5, (
         d.regions
     )
-    step = next(
-        s for s in d.trace if "to the classical cues" in s.thought and s.observation.startswith("Confirmed")
-    )
+    step = confirmed_classical_lead(d)
     p_in, p_ring = step.data["network_in_ring"]
     assert step.data["network_share"] < 0.35 and p_in >= 1.2 * max(p_ring, 0.02)
     assert load_assessor("learned", device="cpu", more_inside=100.0).assess(img).worst is None
@@ -201,9 +202,7 @@ def test_a_soft_edged_tone_patch_counts_where_the_network_sees_a_change(critic, 
     d = critic.assess(damaged)
     worst = d.worst
     assert worst is not None and worst.distortion == kind and box_iou(worst.bbox, box) >= 0.45, d.regions
-    step = next(
-        s for s in d.trace if "to the classical cues" in s.thought and s.observation.startswith("Confirmed")
-    )
+    step = confirmed_classical_lead(d)
     assert "network_in_ring" in step.data and step.data["classical"][0] == kind
     alone = load_assessor("learned", device="cpu", max_cue_leads=0).assess(damaged).worst
     assert alone is None or alone.distortion != kind

@@ -245,13 +245,7 @@ class LearnedAssessor(AssessorBackend):
         not at all), but it sees a change. What it saw ("" for no change) and its presences."""
         pred = self._see(zoom.image)
         inside = self._requested_cells(zoom, pred)
-        ring = ~inside
-        ratios = {}
-        for t in TONE_TYPES:
-            k = self.types.index(t)
-            p_in = float(pred.presence[k][inside].mean())
-            p_ring = float(pred.presence[k][ring].mean()) if ring.sum() >= 4 else 0.0
-            ratios[t] = (p_in, p_ring, p_in / max(p_ring, 0.02))
+        ratios = {t: self._in_and_around(pred, inside, self.types.index(t)) for t in TONE_TYPES}
         best = max(ratios, key=lambda t: ratios[t][2])
         p_in, p_ring, ratio = ratios[best]
         numbers = {"network_in_ring": {t: [round(v[0], 3), round(v[1], 3)] for t, v in ratios.items()}}
@@ -261,6 +255,14 @@ class LearnedAssessor(AssessorBackend):
             f"the network sees {best.replace('_', ' ')} {p_in:.2f} inside against {p_ring:.2f} around",
             numbers,
         )
+
+    @staticmethod
+    def _in_and_around(pred: Prediction, inside: np.ndarray, k: int) -> tuple[float, float, float]:
+        """Type k's mean presence over the region asked for and over its context, and how many
+        times more inside (the context floored at 0.02; none when it has under 4 cells)."""
+        p_in = float(pred.presence[k][inside].mean())
+        p_ring = float(pred.presence[k][~inside].mean()) if (~inside).sum() >= 4 else 0.0
+        return p_in, p_ring, p_in / max(p_ring, 0.02)
 
     def _judge_cue_lead(self, rgb: np.ndarray, look, cand, exclude: set[str]):
         """A region the classical cues single out: the classical critic zooms on it and judges it
@@ -297,15 +299,14 @@ class LearnedAssessor(AssessorBackend):
             k = self.types.index(judged.distortion)
             inside = self._requested_cells(zoom, pred)
             share = float((pred.presence[k][inside] > self.config.threshold).mean())
-            p_in = float(pred.presence[k][inside].mean())
-            p_ring = float(pred.presence[k][~inside].mean()) if (~inside).sum() >= 4 else 0.0
+            p_in, p_ring, ratio = self._in_and_around(pred, inside, k)
             numbers = {
                 "network_share": round(share, 3),
                 "network_in_ring": [round(p_in, 3), round(p_ring, 3)],
             }
             if share >= self.config.confirm:
                 seen = f"the network sees it over {100 * share:.0f}% of the region"
-            elif p_in >= self.config.more_inside * max(p_ring, 0.02):
+            elif ratio >= self.config.more_inside:
                 seen = f"the network sees it {p_in:.2f} inside against {p_ring:.2f} around"
             else:
                 return None, zoom, numbers
