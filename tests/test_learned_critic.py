@@ -219,14 +219,18 @@ def test_texture_is_not_reported_as_noise(critic, name):
     assert noise_zooms and all(s.observation.startswith("Rejected") for s in noise_zooms)
 
 
-def test_a_large_lead_is_measured_on_native_pixels(critic):
-    # the motorcycle's fine texture looks like JPEG to the network over half the photo; that zoom
-    # is reduced, and the blockiness vote measures the region's native pixels: no 8x8 grid there
-    d = critic.assess(benchdata.load_photo("motorcycle"))
-    jpeg = [r for r in d.regions if r.distortion == "jpeg"]
-    assert all(r.severity < 0.3 for r in jpeg), d.regions
-    assert any("hardly any 8x8 block borders" in r.reason for r in jpeg)
-    assert d.score >= 4.5
+@pytest.mark.parametrize("name", ["motorcycle", "moon", "rocket"])
+def test_texture_without_8x8_blocks_is_not_jpeg(critic, name):
+    # the motorcycle's shelves, the moon's craters and the rocket's lit launch pad look like JPEG
+    # to the network (0.44-0.55, over half the photo for the motorcycle: that zoom is reduced, and
+    # the blockiness vote measures the region's native pixels): no 8x8 grid and no quantization
+    # steps there, so the lead is dropped (it was kept at 0.15-0.19 and outranked local defects)
+    d = critic.assess(benchdata.load_photo(name))
+    assert not [r for r in d.regions if r.distortion == "jpeg"], d.regions
+    zooms = [s for s in d.trace if s.tool_call is not None and "looks like jpeg" in s.thought]
+    assert zooms and all(s.observation.startswith("Rejected") for s in zooms)
+    assert any("hardly any 8x8 block borders" in s.observation for s in zooms)
+    assert max(s.data["network_severity"] for s in zooms) >= 0.4
 
 
 def test_a_jpeg_lead_is_graded_by_its_quantization_steps(critic):

@@ -40,6 +40,9 @@ TONE_TYPES = ("overexposure", "underexposure", "low_contrast", "color_cast")
 LOCAL_TONES = TONE_TYPES[1:]  # tones the network sees only as a change (clipping it measures)
 VETO = 0.35  # severity factor when a reliable classical cue finds nothing of the kind
 NOISE_VETO = 0.0  # texture is not noise: smoothing it away raises a score and loses the detail
+# no 8x8 block borders and no quantization steps: what the network reads as JPEG is texture (the
+# moon's craters, a crowd of small lights), and deblocking it would only soften the photo
+JPEG_VETO = 0.0
 
 
 @dataclass
@@ -196,7 +199,7 @@ class LearnedAssessor(AssessorBackend):
             if whole >= 0.25:
                 return 1.1 * sev, f"8x8 block borders {whole:.2f}x stronger than block interiors"
             if whole < 0.08:
-                return VETO * sev, f"hardly any 8x8 block borders ({whole:.2f})"
+                return JPEG_VETO * sev, f"hardly any 8x8 block borders ({whole:.2f})"
             return sev, f"8x8 block borders {whole:.2f}x stronger than interiors"
         # noise: white at pixel scale and in colour as much as in luma (or very white): not texture
         tile = 16 if min(region.shape[:2]) < 96 else 32
