@@ -114,9 +114,9 @@ def test_hard_negatives_are_not_condemned(critic):
 
 
 @pytest.mark.parametrize("kind", ["underexposure", "low_contrast"])
-def test_a_patch_read_off_its_border_counts_where_the_network_sees_a_change(critic, astronaut, kind):
-    # the network alone is unsure of a patch's tone; the classical border reading finds the patch,
-    # and it counts where the network sees more of some tone defect inside than around it
+def test_a_patch_read_off_its_border_counts_on_that_reading(critic, astronaut, kind):
+    # the network alone is unsure of a patch's tone; the classical border reading finds the patch
+    # and counts; the network's zoom on it is recorded (here it sees the change too)
     box = (260, 40, 460, 220)
     damaged = degrade_region(astronaut, kind, 5, box, np.random.default_rng(1)).image
     d = critic.assess(damaged)
@@ -124,10 +124,29 @@ def test_a_patch_read_off_its_border_counts_where_the_network_sees_a_change(crit
     assert worst is not None and worst.distortion == kind and box_iou(worst.bbox, box) >= 0.9, d.regions
     step = next(s for s in d.trace if "steps the same way all around" in s.thought)
     assert step.tool_call.name == "crop_zoom" and "network_in_ring" in step.data
+    assert "the network sees" in step.observation and "inside against" in step.observation
     alone = load_assessor("learned", device="cpu", max_seams=0, max_cue_leads=0).assess(damaged).worst
     assert alone is None
-    strict = load_assessor("learned", device="cpu", more_inside=100.0).assess(damaged).worst  # no agreement
-    assert strict is None or strict.distortion != kind
+    # were the network's agreement asked for, and impossible to give, the patch would not count
+    strict = load_assessor("learned", device="cpu", seam_alone=False, more_inside=100.0)
+    worst = strict.assess(damaged).worst
+    assert worst is None or worst.distortion != kind
+
+
+@pytest.mark.parametrize(("name", "box"), [("coffee", (260, 40, 460, 220)), ("chelsea", (60, 60, 260, 200))])
+def test_a_tinted_rectangle_counts_on_its_border_reading(critic, name, box):
+    # the network never sees a tint (its presences inside and around are equal); the border
+    # reading (one colour gain all along the rectangle's border) finds it, and counts alone
+    damaged = degrade_region(benchdata.load_photo(name), "color_cast", 4, box, np.random.default_rng(1)).image
+    d = critic.assess(damaged)
+    worst = d.worst
+    assert worst is not None and worst.distortion == "color_cast", d.regions
+    assert box_iou(worst.bbox, box) >= 0.9 and worst.severity >= 0.4
+    step = next(s for s in d.trace if "steps the same way all around" in s.thought)
+    assert step.observation.startswith("Confirmed color_cast")
+    assert "the network sees no more change inside than around it" in step.observation
+    old = load_assessor("learned", device="cpu", seam_alone=False).assess(damaged).worst
+    assert old is None or old.distortion != "color_cast" or box_iou(old.bbox, box) < 0.5
 
 
 @pytest.mark.parametrize(("kind", "box"), [("jpeg", (260, 40, 460, 220)), ("artifact", (100, 100, 300, 300))])
@@ -188,7 +207,9 @@ def test_blown_out_patch_counts_where_the_network_sees_more_of_it_inside(critic)
     step = confirmed_classical_lead(d)
     p_in, p_ring = step.data["network_in_ring"]
     assert step.data["network_share"] < 0.35 and p_in >= 1.2 * max(p_ring, 0.02)
-    assert load_assessor("learned", device="cpu", more_inside=100.0).assess(img).worst is None
+    # its border reading finds it too, counted alone: ask for the network there as well
+    strict = load_assessor("learned", device="cpu", more_inside=100.0, seam_alone=False)
+    assert strict.assess(img).worst is None
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,9 @@ native-resolution peek at the most detailed area checks what a reduced look cann
 JPEG blocks, slight blur). (c) ``crop_zoom`` re-examines each candidate *with its surroundings*,
 at native resolution (or at the scale it was seen): the network looks again and confirms,
 retypes, grades and re-localizes it; classical cues vote where they are reliable (noise level,
-JPEG quantization and blockiness, clipping, depth of field, and patches read off their borders,
-which count where the network sees a change); last, the classical critic's own leads, judged by
+JPEG quantization and blockiness, clipping, depth of field); patches read off their borders (a
+rectangle whose border steps the same way all around) count on that reading, the network's zoom
+on them recorded beside it (it sees a patch's tone change at best weakly, a tint never); last, the classical critic's own leads, judged by
 its tile measurements, count where the network zoomed on them agrees. (d) The score follows from
 the whole-image damage (the network's, with the classical measurements of what they measure
 well), raised where a zoom found worse.
@@ -63,6 +64,9 @@ class LearnedConfig:
     coarse_look: int = 320  # a second look at this long side for the coarse types (0: none)
     coarse_types: tuple[str, ...] = ("blur",)
     max_seams: int = 2  # patches found by their borders (classical cue) zoomed on, besides max_zooms
+    # a patch read off its border counts on that reading alone; False: only where the network,
+    # zoomed on it, sees some tone defect more_inside times more inside than around
+    seam_alone: bool = True
     more_inside: float = 1.2  # a change the network sees: this many times more presence inside than around
     # the classical critic's leads zoomed on, besides the network's own, and the kinds they may
     # count as (the classical judge's measurements: noise level, 8x8 blockiness, clipping, grey
@@ -228,14 +232,20 @@ class LearnedAssessor(AssessorBackend):
         return c._global_suspicions(c._without_seams(look, seams)), look, seams
 
     def _examine_seam(self, rgb: np.ndarray, seam) -> tuple[Finding | None, Zoom, dict]:
-        """Zoom on a patch the classical border reading found: the network must see a tone type
-        more inside it than around it (it rarely sees a patch's tone surely, but it sees a change)."""
+        """Zoom on a patch the classical border reading found and record what the network sees.
+
+        The reading (one tone map all along a rectangle's border, from pixel pairs mirrored across
+        it) found no patch on the benchmark's 25 clean photos and hard negatives, while the network
+        sees a patch's tone change weakly (a tint not at all): its agreement is asked only with
+        ``seam_alone=False``."""
         zoom = self._zoom(rgb, seam.box, self.config.context)
         seen, numbers = self._tone_change(zoom)
         if seam.reading:
             numbers["border_gains"] = [round(float(g), 3) for g in seam.reading.gains]
         if not seen:
-            return None, zoom, numbers
+            if not self.config.seam_alone:
+                return None, zoom, numbers
+            seen = "the network sees no more change inside than around it"
         return (
             Finding(seam.distortion, float(seam.severity), tuple(seam.box), f"{seam.reason}; {seen}"),
             zoom,
@@ -585,8 +595,8 @@ class LearnedAssessor(AssessorBackend):
                 break
 
         # (c) first the patches the classical cues read off their borders (the most specific leads),
-        # which count where the network sees a change there; a patch with a border of its own counts
-        # even where the whole image shows its kind
+        # which count on that reading (the network's view recorded); a patch with a border of its
+        # own counts even where the whole image shows its kind
         def area_of(box) -> float:
             return (box[2] - box[0]) * (box[3] - box[1]) / float(w * h)
 
@@ -622,7 +632,7 @@ class LearnedAssessor(AssessorBackend):
                 TraceStep(
                     thought=f"Region {list(seam.box)} has a border that steps the same way all around "
                     f"(classical reading: {seam.distortion}, severity {seam.severity:.2f}). "
-                    "Zoom in with its surroundings: does the network see a change there?",
+                    "Zoom in with its surroundings: what does the network see there?",
                     tool_call=ToolCall(
                         "crop_zoom",
                         {
