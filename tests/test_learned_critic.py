@@ -273,6 +273,23 @@ def test_a_dark_part_of_the_scene_is_not_a_local_underexposure(critic):
     assert all(r.severity < 0.5 for r in d.regions), d.regions
 
 
+def test_a_tone_over_most_of_the_image_is_not_a_local_finding(critic):
+    # the network sees the darkened moon as underexposed over 94% of the photo; a zoom on nearly
+    # the whole image has no surroundings to compare with, so it is the whole-image grade's (it
+    # was reported as a 0.63 local box and outranked the darkened rectangle)
+    box = (126, 69, 298, 225)
+    img = degrade_region(
+        benchdata.load_photo("moon"), "underexposure", 3, box, np.random.default_rng(1)
+    ).image
+    d = critic.assess(img)
+    h, w = img.shape[:2]
+    local = [r for r in d.regions if r.distortion == "underexposure"]
+    assert local and all((r.bbox[2] - r.bbox[0]) * (r.bbox[3] - r.bbox[1]) < 0.5 * w * h for r in local)
+    assert d.worst.distortion == "underexposure" and box_iou(d.worst.bbox, box) >= 0.9, d.regions
+    wide = [s for s in d.trace if "looks like underexposure" in s.thought and "94% of the image" in s.thought]
+    assert wide and wide[0].observation.startswith("Rejected")
+
+
 def test_a_blurred_background_next_to_sharp_detail_is_depth_of_field(critic):
     # the step back sees the soft background of a shallow depth-of-field scene as the blur it knows;
     # the classical edge widths (sharp detail next to a mapped soft area) vote it down, as they do

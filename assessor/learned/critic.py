@@ -430,8 +430,13 @@ class LearnedAssessor(AssessorBackend):
         }
         if share[chosen] < cfg.confirm:
             return Finding(kind, 0.0, tuple(box), "", confirmed=False), zoom, numbers
-        if self.types[chosen] in LOCAL_TONES and p_in[chosen] < cfg.more_inside * p_ring[chosen]:
-            # as dark (flat, tinted) around as inside: the scene's own tones, not a local defect
+        h, w = rgb.shape[:2]
+        most = (box[2] - box[0]) * (box[3] - box[1]) >= cfg.global_cover * w * h
+        if self.types[chosen] in LOCAL_TONES and (
+            most or ring.sum() < 4 or p_in[chosen] < cfg.more_inside * p_ring[chosen]
+        ):
+            # as dark (flat, tinted) around as inside: the scene's own tones, not a local defect;
+            # over most of the image (no surroundings to compare) they are the whole-image grade's
             return Finding(kind, 0.0, tuple(box), "", confirmed=False), zoom, numbers
         # re-localize: the zoom's connected area of this type that overlaps the region most
         mask = pred.presence[chosen] > cfg.threshold
@@ -444,7 +449,6 @@ class LearnedAssessor(AssessorBackend):
             return Finding(kind, 0.0, tuple(box), "", confirmed=False), zoom, numbers
         x0, y0, x1, y1 = (v * MAP_STRIDE for v in best_box)
         sx0, sy0, sx1, sy1 = zoom.to_source((x0, y0, min(zw, x1), min(zh, y1)))
-        h, w = rgb.shape[:2]
         new_box = (
             int(max(0, np.floor(sx0))),
             int(max(0, np.floor(sy0))),
