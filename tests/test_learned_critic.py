@@ -273,6 +273,28 @@ def test_a_dark_part_of_the_scene_is_not_a_local_underexposure(critic):
     assert all(r.severity < 0.5 for r in d.regions), d.regions
 
 
+@pytest.mark.parametrize("name", ["camera", "moon"])
+def test_a_tinted_ellipse_counts_on_the_classical_judges_reading(critic, name):
+    # a soft-edged tint has no border to read and the network never sees a tint: the classical
+    # critic's lead, judged by its measurements (greyest pixels and mean shifted alike), counts
+    box = (80, 340, 260, 470)
+    img = degrade_region(
+        benchdata.load_photo(name),
+        "color_cast",
+        4,
+        box,
+        np.random.default_rng(1),
+        shape="ellipse",
+        feather=4.0,
+    ).image
+    d = critic.assess(img)
+    assert d.worst.distortion == "color_cast" and box_iou(d.worst.bbox, box) >= 0.5, d.regions
+    step = confirmed_classical_lead(d)
+    assert step.data["classical"][0] == "color_cast" and "never sees a tint" in step.observation
+    old = load_assessor("learned", device="cpu", tint_alone=False).assess(img).worst
+    assert old is None or old.distortion != "color_cast"
+
+
 def test_a_tone_over_most_of_the_image_is_not_a_local_finding(critic):
     # the network sees the darkened moon as underexposed over 94% of the photo; a zoom on nearly
     # the whole image has no surroundings to compare with, so it is the whole-image grade's (it

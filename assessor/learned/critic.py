@@ -67,6 +67,9 @@ class LearnedConfig:
     # a patch read off its border counts on that reading alone; False: only where the network,
     # zoomed on it, sees some tone defect more_inside times more inside than around
     seam_alone: bool = True
+    # a colour cast the classical judge reads in one of its leads counts on that reading: the
+    # network's presences inside a tinted patch and around it are equal (False: ask as for tones)
+    tint_alone: bool = True
     more_inside: float = 1.2  # a change the network sees: this many times more presence inside than around
     # the classical critic's leads zoomed on, besides the network's own, and the kinds they may
     # count as (the classical judge's measurements: noise level, 8x8 blockiness, clipping, grey
@@ -299,11 +302,13 @@ class LearnedAssessor(AssessorBackend):
         """The network zoomed on a classical finding: where the cues measure the kind (noise level,
         8x8 blockiness, clipping, grey levels, edge widths) it must see the same type over a good
         part of it or clearly more inside than around; a tone it cannot name surely, it must see
-        change there. Its own leads miss these where its reduced look hides them or texture
-        elsewhere outranks them."""
+        change there, except a tint, which it never sees (``tint_alone``). Its own leads miss these
+        where its reduced look hides them or texture elsewhere outranks them."""
         zoom = self._zoom(rgb, judged.box, self.config.context)
         if judged.distortion in LOCAL_TONES:
             seen, numbers = self._tone_change(zoom)
+            if not seen and judged.distortion == "color_cast" and self.config.tint_alone:
+                seen = "the network sees no change (it never sees a tint)"
             if not seen:
                 return None, zoom, numbers
         else:
