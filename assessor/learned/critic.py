@@ -10,8 +10,9 @@ at native resolution (or at the scale it was seen): the network looks again and 
 retypes, grades and re-localizes it; classical cues vote where they are reliable (noise level,
 JPEG quantization and blockiness, clipping, depth of field); patches read off their borders (a
 rectangle whose border steps the same way all around) count on that reading, the network's zoom
-on them recorded beside it (it sees a patch's tone change at best weakly, a tint never); last, the classical critic's own leads, judged by
-its tile measurements, count where the network zoomed on them agrees. (d) The score follows from
+on them recorded beside it (it sees a patch's tone change at best weakly, a tint never); last, the
+classical critic's own leads, judged by its tile measurements, count where the network zoomed on
+them agrees (a tint on the judge's reading alone). (d) The score follows from
 the whole-image damage (the network's, with the classical measurements of what they measure
 well), raised where a zoom found worse.
 """
@@ -73,7 +74,7 @@ class LearnedConfig:
     more_inside: float = 1.2  # a change the network sees: this many times more presence inside than around
     # the classical critic's leads zoomed on, besides the network's own, and the kinds they may
     # count as (the classical judge's measurements: noise level, 8x8 blockiness, clipping, grey
-    # levels, edge widths; tones, which the network must see change there)
+    # levels, edge widths; tones, which the network must see change there, except tints)
     max_cue_leads: int = 6
     cue_kinds: tuple[str, ...] = TYPES  # every type the network can show
 
