@@ -714,7 +714,25 @@ def fix_tones(
     info["clipped"] = round(clip_in, 3)
     if clip_in > clip_out + 0.1:
         return Fix(rgb.copy(), info={**info, "skipped": "the correction would clip the region"})
+    if kind == "overexposure":
+        out = _regrain_blown(rgb, out, inner, area.ring, info)
     return Fix(blend(rgb, to_u8(out * 255.0), amount), mask=area.soft, info=info)
+
+
+def _regrain_blown(rgb: np.ndarray, out: np.ndarray, inner: np.ndarray, ring, info: dict) -> np.ndarray:
+    """Blown-out pixels lost their detail: darkened, they become one flat level that no photo
+    has (it reads as a posterized fill). Give them the grain of the surroundings, as a retoucher
+    does; seeded by the region, so a fix is repeatable."""
+    blown = inner & (rgb.max(axis=2) >= 250)
+    if blown.sum() < 16:
+        return out
+    sigma = noise_sigma(rgb, ring) if ring is not None and ring.any() else float("nan")
+    sigma = float(np.clip(sigma if np.isfinite(sigma) else 1.0, 0.8, 4.0))
+    rng = np.random.default_rng([int(blown.sum()), *rgb.shape[:2]])
+    out = out.copy()
+    out[blown] += rng.normal(0.0, sigma / 255.0, size=(int(blown.sum()), 3)).astype(out.dtype)
+    info["grain"] = round(sigma, 2)
+    return out
 
 
 # ----------------------------------------------------------------------------- tones (global)

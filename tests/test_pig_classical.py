@@ -1,6 +1,7 @@
 """Classical fixes with numbers: PSNR to the clean photo rises inside the region, pixels outside
 the plan's mask stay bit for bit, and clean content is left (almost) alone."""
 
+import cv2
 import numpy as np
 import pytest
 
@@ -145,6 +146,27 @@ def test_a_box_already_on_the_border_is_kept_and_pasted_with_a_hard_edge(photo, 
     inside[y0:y1, x0:x1] = True
     assert np.array_equal(out[~inside], d.image[~inside])
     assert masked_psnr(out, photo, inside) >= masked_psnr(d.image, photo, inside) + 10.0
+
+
+def test_blown_out_pixels_come_back_with_the_grain_of_their_surroundings(photo):
+    # clipping erased the suit's detail; darkened, those pixels would be one flat level, which
+    # critics read as a posterized fill. They get the surroundings' grain, the same every time
+    d = degrade_region(photo, "overexposure", 4, TRUE_BOX, np.random.default_rng(1))
+    blown = (d.image.max(axis=2) >= 250) & (d.mask > 0.5)
+    out, _, info = refine_local(d.image, "overexposure", box=TRUE_BOX)
+    assert blown.sum() > 2000 and 0.8 <= info["grain"] <= 4.0
+    # a pixel equal to its 8 neighbours in every channel: a quarter of them without the grain
+    k = np.ones((3, 3), np.uint8)
+    plateau = np.ones(out.shape[:2], bool)
+    for c in range(3):
+        plateau &= cv2.dilate(out[:, :, c], k) == cv2.erode(out[:, :, c], k)
+    assert plateau[blown].mean() < 0.02 and out[blown].mean() < 240
+    again, _, _ = refine_local(d.image, "overexposure", box=TRUE_BOX)
+    assert np.array_equal(out, again)
+    x0, y0, x1, y1 = TRUE_BOX
+    inside = np.zeros(photo.shape[:2], bool)
+    inside[y0:y1, x0:x1] = True
+    assert masked_psnr(out, photo, inside) >= masked_psnr(d.image, photo, inside) + 2.0
 
 
 def soft_patch(photo, kind, level):
