@@ -408,3 +408,16 @@ def test_cli_contract_with_the_learned_backend(tmp_path, astronaut):
         timeout=120,
     )
     assert missing.returncode == 2 and "train_embedded" in missing.stderr
+
+
+def test_banding_counts_on_the_grey_level_reading(critic):
+    # the network does not see the moon's posterized patch (it reads the whole soft photo as
+    # "JPEG" texture); the classical judge reads a comb of grey levels there, which is measured
+    box = (311, 266, 433, 381)
+    img = degrade_region(benchdata.load_photo("moon"), "artifact", 5, box, np.random.default_rng(1)).image
+    d = critic.assess(img)
+    assert d.worst.distortion == "artifact" and box_iou(d.worst.bbox, box) >= 0.5, d.regions
+    step = confirmed_classical_lead(d)
+    assert step.data["classical"][0] == "artifact" and "does not see it" in step.observation
+    old = load_assessor("learned", device="cpu", levels_alone=False).assess(img).worst
+    assert old is None or old.distortion != "artifact"

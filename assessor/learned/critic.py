@@ -12,8 +12,8 @@ JPEG quantization and blockiness, clipping, depth of field); patches read off th
 rectangle whose border steps the same way all around) count on that reading, the network's zoom
 on them recorded beside it (it sees a patch's tone change at best weakly, a tint never); last, the
 classical critic's own leads, judged by its tile measurements, count where the network zoomed on
-them agrees (a tint on the judge's reading alone). (d) The score follows from
-the whole-image damage (the network's, with the classical measurements of what they measure
+them agrees (a tint or banding on the judge's reading alone). (d) The score follows from the
+whole-image damage (the network's, with the classical measurements of what they measure
 well), raised where a zoom found worse.
 """
 
@@ -71,6 +71,11 @@ class LearnedConfig:
     # a colour cast the classical judge reads in one of its leads counts on that reading: the
     # network's presences inside a tinted patch and around it are equal (False: ask as for tones)
     tint_alone: bool = True
+    # banding the classical judge reads in one of its leads counts on that reading: grey levels are
+    # counted (few of them, or exact plateaus in a photo with grain everywhere else), and the
+    # network misses them in a soft low-contrast photo (the moon's posterized patches; False: ask
+    # as for the other measured kinds)
+    levels_alone: bool = True
     more_inside: float = 1.2  # a change the network sees: this many times more presence inside than around
     # the classical critic's leads zoomed on, besides the network's own, and the kinds they may
     # count as (the classical judge's measurements: noise level, 8x8 blockiness, clipping, grey
@@ -303,8 +308,9 @@ class LearnedAssessor(AssessorBackend):
         """The network zoomed on a classical finding: where the cues measure the kind (noise level,
         8x8 blockiness, clipping, grey levels, edge widths) it must see the same type over a good
         part of it or clearly more inside than around; a tone it cannot name surely, it must see
-        change there, except a tint, which it never sees (``tint_alone``). Its own leads miss these
-        where its reduced look hides them or texture elsewhere outranks them."""
+        change there, except a tint, which it never sees (``tint_alone``). Banding counts on the
+        grey-level count alone (``levels_alone``). Its own leads miss these where its reduced look
+        hides them or texture elsewhere outranks them."""
         zoom = self._zoom(rgb, judged.box, self.config.context)
         if judged.distortion in LOCAL_TONES:
             seen, numbers = self._tone_change(zoom)
@@ -327,6 +333,8 @@ class LearnedAssessor(AssessorBackend):
                 seen = f"the network sees it over {100 * share:.0f}% of the region"
             elif ratio >= self.config.more_inside:
                 seen = f"the network sees it {p_in:.2f} inside against {p_ring:.2f} around"
+            elif judged.distortion == "artifact" and self.config.levels_alone:
+                seen = f"the network does not see it ({p_in:.2f} inside against {p_ring:.2f} around)"
             else:
                 return None, zoom, numbers
         box = tuple(int(v) for v in judged.box)
