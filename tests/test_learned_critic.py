@@ -421,3 +421,15 @@ def test_banding_counts_on_the_grey_level_reading(critic):
     assert step.data["classical"][0] == "artifact" and "does not see it" in step.observation
     old = load_assessor("learned", device="cpu", levels_alone=False).assess(img).worst
     assert old is None or old.distortion != "artifact"
+
+
+def test_a_defect_read_twice_keeps_the_extent_of_both_readings(critic):
+    # two classical leads confirm the coffee's noisy rectangle: one over all of it (sigma 3.7),
+    # one over a strip where the grain measures strongest (sigma 6.9); the report used to keep
+    # only the strip (IoU 0.26), which a fix then denoised alone
+    box = (136, 261, 337, 375)
+    img = degrade_region(benchdata.load_photo("coffee"), "noise", 3, box, np.random.default_rng(1)).image
+    d = critic.assess(img)
+    noise = [r for r in d.regions if r.distortion == "noise"]
+    assert len(noise) == 1 and box_iou(noise[0].bbox, box) >= 0.6, d.regions
+    assert noise[0].severity >= 0.75
