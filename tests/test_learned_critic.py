@@ -412,7 +412,8 @@ def test_cli_contract_with_the_learned_backend(tmp_path, astronaut):
 
 def test_banding_counts_on_the_grey_level_reading(critic):
     # the network does not see the moon's posterized patch (it reads the whole soft photo as
-    # "JPEG" texture); the classical judge reads a comb of grey levels there, which is measured
+    # "JPEG" texture); the classical judge counts its grey levels (flat plateaus where the rest of
+    # the photo has grain), a measurement that counts alone
     box = (311, 266, 433, 381)
     img = degrade_region(benchdata.load_photo("moon"), "artifact", 5, box, np.random.default_rng(1)).image
     d = critic.assess(img)
