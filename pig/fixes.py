@@ -724,13 +724,14 @@ def _regrain_blown(rgb: np.ndarray, out: np.ndarray, inner: np.ndarray, ring, in
     has (it reads as a posterized fill). Give them the grain of the surroundings, as a retoucher
     does; seeded by the region, so a fix is repeatable."""
     blown = inner & (rgb.max(axis=2) >= 250)
-    if blown.sum() < 16:
+    n = int(blown.sum())
+    if n < 16:
         return out
     sigma = noise_sigma(rgb, ring) if ring is not None and ring.any() else float("nan")
     sigma = float(np.clip(sigma if np.isfinite(sigma) else 1.0, 0.8, 4.0))
-    rng = np.random.default_rng([int(blown.sum()), *rgb.shape[:2]])
+    rng = np.random.default_rng([n, *rgb.shape[:2]])
     out = out.copy()
-    out[blown] += rng.normal(0.0, sigma / 255.0, size=(int(blown.sum()), 3)).astype(out.dtype)
+    out[blown] += rng.normal(0.0, sigma / 255.0, size=(n, 3)).astype(out.dtype)
     info["grain"] = round(sigma, 2)
     return out
 

@@ -40,6 +40,17 @@ def confirmed_classical_lead(d: Diagnosis):
     )
 
 
+def assert_counts_on_the_judges_reading(critic, img, kind, box, seen, **without):
+    """The worst region is ``kind`` on ``box``, confirmed from a classical lead whose observation
+    says ``seen``; with the ``without`` option(s) the learned critic does not report it so."""
+    d = critic.assess(img)
+    assert d.worst.distortion == kind and box_iou(d.worst.bbox, box) >= 0.5, d.regions
+    step = confirmed_classical_lead(d)
+    assert step.data["classical"][0] == kind and seen in step.observation
+    old = load_assessor("learned", device="cpu", **without).assess(img).worst
+    assert old is None or old.distortion != kind
+
+
 def test_registered_as_a_backend():
     assert "learned" in BACKENDS and "brisque" in BACKENDS
 
@@ -287,12 +298,7 @@ def test_a_tinted_ellipse_counts_on_the_classical_judges_reading(critic, name):
         shape="ellipse",
         feather=4.0,
     ).image
-    d = critic.assess(img)
-    assert d.worst.distortion == "color_cast" and box_iou(d.worst.bbox, box) >= 0.5, d.regions
-    step = confirmed_classical_lead(d)
-    assert step.data["classical"][0] == "color_cast" and "never sees a tint" in step.observation
-    old = load_assessor("learned", device="cpu", tint_alone=False).assess(img).worst
-    assert old is None or old.distortion != "color_cast"
+    assert_counts_on_the_judges_reading(critic, img, "color_cast", box, "never sees a tint", tint_alone=False)
 
 
 def test_a_tone_over_most_of_the_image_is_not_a_local_finding(critic):
@@ -416,12 +422,7 @@ def test_banding_counts_on_the_grey_level_reading(critic):
     # the photo has grain), a measurement that counts alone
     box = (311, 266, 433, 381)
     img = degrade_region(benchdata.load_photo("moon"), "artifact", 5, box, np.random.default_rng(1)).image
-    d = critic.assess(img)
-    assert d.worst.distortion == "artifact" and box_iou(d.worst.bbox, box) >= 0.5, d.regions
-    step = confirmed_classical_lead(d)
-    assert step.data["classical"][0] == "artifact" and "does not see it" in step.observation
-    old = load_assessor("learned", device="cpu", levels_alone=False).assess(img).worst
-    assert old is None or old.distortion != "artifact"
+    assert_counts_on_the_judges_reading(critic, img, "artifact", box, "does not see it", levels_alone=False)
 
 
 def test_a_defect_read_twice_keeps_the_extent_of_both_readings(critic):
