@@ -77,6 +77,21 @@ def test_content_is_not_a_defect(critic, kind, forbidden):
         assert d.score >= 4.0
 
 
+def test_the_moon_is_low_key_not_washed_out(critic):
+    """A dim photo whose tails still reach black and white scores as clean; washing it out reads as
+    low contrast, more with every level."""
+    moon = benchdata.load_photo("moon")
+    d = critic.assess(moon)
+    assert d.score >= 4.5 and all(r.severity < 0.3 for r in d.regions), d.regions
+    scores = []
+    for lv in (1, 3, 5):
+        washed = critic.assess(apply_distortion(moon, "low_contrast", lv))
+        assert washed.worst.distortion == "low_contrast", washed.regions
+        scores.append(washed.score)
+    assert d.score > scores[0] > scores[1] > scores[2], scores
+    assert scores[1] < 3.5
+
+
 def test_depth_of_field_is_named_in_the_trace(critic):
     img = benchdata.shallow_dof((512, 384), np.random.default_rng(5))
     d = critic.assess(img)

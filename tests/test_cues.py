@@ -3,6 +3,8 @@
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from assessor import benchdata
 from assessor.classical import cues
@@ -20,6 +22,27 @@ def step_edges(n: int = 256) -> np.ndarray:
     for x in range(16, n, 32):
         img[:, x : x + 16] = 200.0
     return img
+
+
+def test_low_key_content_uses_its_tonal_range_and_washing_it_out_shrinks_it():
+    """The moon's body sits in a narrow band while its craters and glints reach black and white:
+    it uses the range. Washing it out compresses those extremes with the body."""
+    moon = benchdata.load_photo("moon")
+    e = cues.exposure_stats(moon)
+    assert e.p99 - e.p01 < 0.4 and e.tone_range > 0.6
+    washed = [cues.exposure_stats(apply_distortion(moon, "low_contrast", lv)).tone_range for lv in (1, 3, 5)]
+    assert e.tone_range > washed[0] > washed[1] > washed[2], washed
+    assert washed[1] < 0.5 * e.tone_range
+
+
+@settings(max_examples=30, deadline=None)
+@given(contrast=st.floats(0.2, 0.9), seed=st.integers(0, 1000))
+def test_washing_out_never_widens_the_tone_range(contrast, seed):
+    img = benchdata.dead_leaves((96, 96), np.random.default_rng(seed))
+    y = img.astype(np.float32)
+    washed = np.clip(y.mean() + contrast * (y - y.mean()) + 0.5, 0, 255).astype(np.uint8)
+    before, after = cues.exposure_stats(img).tone_range, cues.exposure_stats(washed).tone_range
+    assert after <= contrast * before + 2.0 / 255
 
 
 @pytest.mark.parametrize("sigma", [1.0, 2.5, 4.0])

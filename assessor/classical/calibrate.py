@@ -42,7 +42,7 @@ def global_cue(critic: ClassicalAssessor, rgb: np.ndarray, curve: str) -> float:
         "jpeg_quality": look.jpeg_quality,
         "overexposure": e.clipped_hi,
         "underexposure": e.p999,
-        "low_contrast": e.p99 - e.p01,
+        "low_contrast": e.tone_range,
         "color_cast": look.cast,
         "artifact": look.occupancy_global,
     }[curve]

@@ -305,7 +305,7 @@ class ClassicalAssessor(AssessorBackend):
             "overexposure": max(severity("overexposure", e.clipped_hi), severity("brightness", e.mean)),
             "underexposure": severity("underexposure", e.p999) * float(np.clip((0.42 - e.mean) / 0.12, 0, 1)),
             # lifted blacks separate a washed-out image from a dark one (whose blacks stay black)
-            "low_contrast": severity("low_contrast", e.p99 - e.p01)
+            "low_contrast": severity("low_contrast", e.tone_range)
             * float(np.clip((e.p01 - 0.03) / 0.08, 0, 1)),
             # warm light is often the scene's own (a lamp-lit room, a sunset) and viewers accept it
             # far more than a green, magenta or blue tint of the same strength
@@ -965,7 +965,7 @@ class ClassicalAssessor(AssessorBackend):
         global_reason = {
             "overexposure": f"{100 * e.clipped_hi:.0f}% of the image is blown out, mean brightness {100 * e.mean:.0f}%",
             "underexposure": f"the brightest tones reach only {100 * e.p999:.0f}%",
-            "low_contrast": f"tones span only {100 * (e.p99 - e.p01):.0f}% with blacks lifted to {100 * e.p01:.0f}%",
+            "low_contrast": f"tones span only {100 * e.tone_range:.0f}% with blacks lifted to {100 * e.p01:.0f}%",
             "color_cast": f"the light colour is off neutral by {look.cast:.2f} (RGB {np.round(look.light, 2).tolist()})",
             "artifact": f"only {100 * look.occupancy_global:.0f}% of grey levels are used: banding",
         }

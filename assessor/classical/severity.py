@@ -29,8 +29,9 @@ CURVES: dict[str, tuple[tuple[float, float], ...]] = {
     "overexposure": ((0.02, 0.0), (0.04, 0.09), (0.14, 0.19), (0.26, 0.31), (0.38, 0.46), (0.5, 0.56), (0.8, 0.8)),
     # 99.9th luma percentile (the brightest lights); falls as the image darkens
     "underexposure": ((0.9, 0.0), (0.78, 0.19), (0.65, 0.38), (0.52, 0.57), (0.42, 0.74), (0.31, 0.86), (0.15, 1.0)),
-    # dynamic range used (p99 - p1 of luma), counted only with lifted blacks; softer than the photo
-    # calibration (0.65 -> 0.29) so that naturally soft-toned content (fog, moon, stone) is not condemned
+    # tonal range used (p99 - p1 of luma, or 0.7 of p99.9 - p0.1 where wider: ExposureStats.tone_range),
+    # counted only with lifted blacks; softer than the photo calibration (0.65 -> 0.29) so that
+    # naturally soft-toned content (fog, stone) is not condemned
     "low_contrast": ((0.72, 0.0), (0.6, 0.2), (0.46, 0.38), (0.34, 0.52), (0.24, 0.65), (0.15, 0.77), (0.06, 0.92)),
     # light colour: max/min channel ratio - 1 (median of three estimates, see cues.cast_estimate);
     # SSIM barely sees casts, viewers do: targets follow the level (0.1 per level)
