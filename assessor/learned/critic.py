@@ -72,10 +72,11 @@ class LearnedConfig:
     # a colour cast the classical judge reads in one of its leads counts on that reading: the
     # network's presences inside a tinted patch and around it are equal (False: ask as for tones)
     tint_alone: bool = True
-    # banding the classical judge reads in one of its leads counts on that reading: grey levels are
-    # counted (few of them, or exact plateaus in a photo with grain everywhere else), and the
-    # network misses them in a soft low-contrast photo (the moon's posterized patches; False: ask
-    # as for the other measured kinds)
+    # banding the classical judge reads in one of its leads counts on that reading, and the whole
+    # image's banding is graded by its grey-level count: grey levels are counted (few of them, or
+    # exact plateaus in a photo with grain everywhere else), and the network misses them in a soft
+    # low-contrast photo (the moon's posterized patches, the moon reduced to 5 levels per channel;
+    # False: ask as for the other measured kinds)
     levels_alone: bool = True
     more_inside: float = 1.2  # a change the network sees: this many times more presence inside than around
     # the classical critic's leads zoomed on, besides the network's own, and the kinds they may
@@ -547,8 +548,8 @@ class LearnedAssessor(AssessorBackend):
         for i, t in enumerate(self.types):
             if t not in cue:
                 continue
-            if t in cfg.measured and net[i] >= cfg.measured_gate:
-                damage[i] = cue[t]
+            if t in cfg.measured and (net[i] >= cfg.measured_gate or (t == "artifact" and cfg.levels_alone)):
+                damage[i] = cue[t]  # banding: the grey-level count alone (see ``levels_alone``)
             elif t in FINE_TYPES:
                 damage[i] = float(np.sqrt(net[i] * cue[t]))
             else:
