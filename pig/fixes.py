@@ -364,6 +364,7 @@ def snap_box(
     return (x0, y0, x1, y1), snapped
 
 
+EXPOSURE_CHANNEL_SPREAD = 1.6  # most / least per-channel gain of an exposure change across a border
 ELLIPSE_PAIRS = (3.0, 10.0)  # read a soft border's pairs past its feather, inside and out
 MAX_STEP_SPREAD = 1.5  # interquartile range of the steps across a fitted border, over their median
 
@@ -690,7 +691,18 @@ def fix_tones(
         if not np.isfinite(g).all():
             return Fix(rgb.copy(), info={**info, "skipped": "no usable tones"})
         if kind != "color_cast":  # exposure: one gain for all channels
-            g[:] = float(np.exp(np.mean(np.log(g))))
+            if g.max() > EXPOSURE_CHANNEL_SPREAD * g.min():
+                # an exposure change scales every channel alike; channels stepping by very
+                # different gains were read across the wrong pixels or a tint (a red-clipped orange
+                # suit next to a white badge: 1.3 / 5.3 / 10.5, whose mean darkened it by 4.2 and
+                # cost 3.3 dB): correct only by what every channel agrees on, the gain nearest 1
+                info["channel_gains"] = [round(float(v), 3) for v in g]
+                common = float(g.min() if kind == "overexposure" else g.max())
+                if (common > 1.0) != (kind == "overexposure"):
+                    return Fix(rgb.copy(), info={**info, "skipped": "the channels step different ways"})
+                g[:] = common
+            else:
+                g[:] = float(np.exp(np.mean(np.log(g))))
         info["gains"] = [round(float(v), 4) for v in g]
         # a coloured light tints a patch by less than 3x between channels; a red object next to
         # a grey one differs by more (exposure gains are one number by now)

@@ -169,6 +169,23 @@ def test_blown_out_pixels_come_back_with_the_grain_of_their_surroundings(photo):
     assert masked_psnr(out, photo, inside) >= masked_psnr(d.image, photo, inside) + 2.0
 
 
+def test_channels_stepping_by_different_gains_are_corrected_by_their_common_part(photo):
+    # an exposure change scales every channel alike. Per-channel gains that disagree were read
+    # across the wrong pixels or come from a tint; their mean over-darkens the channels that changed
+    # least (the astronaut's red-clipped tinted suit: darkened by 4.2, -3.3 dB), so the patch is
+    # darkened only by the gain every channel shares
+    x0, y0, x1, y1 = TRUE_BOX
+    lin = (photo.astype(np.float32) / 255.0) ** 2.2
+    img = lin.copy()
+    img[y0:y1, x0:x1] *= np.array((1.5, 2.5, 3.5), np.float32)
+    img = (np.clip(img, 0, 1) ** (1 / 2.2) * 255 + 0.5).astype(np.uint8)
+    out, _, info = refine_local(img, "overexposure", box=TRUE_BOX)
+    patch = (slice(y0 + 8, y1 - 8), slice(x0 + 8, x1 - 8), 0)  # red: brightened least, by 1.5
+    assert img[patch].mean() > out[patch].mean() >= photo[patch].mean(), info
+    g = info["channel_gains"]
+    assert max(g) > 1.6 * min(g) and info["gains"] == [pytest.approx(min(g), abs=1e-3)] * 3, info
+
+
 def soft_patch(photo, kind, level):
     """A tone patch pasted through a feathered elliptic mask (what an inpainting pass leaves)."""
     return degrade_region(
