@@ -92,6 +92,17 @@ def test_the_moon_is_low_key_not_washed_out(critic):
     assert scores[1] < 3.5
 
 
+def test_a_dark_photo_washed_out_is_low_contrast_not_underexposed(critic):
+    """Pulled toward its dark mean, a night photo's lights dim as an underexposed one's do, but its
+    deepest shadows lift (a gain below 1 deepens them): PiG brightened it by 5x for -10 dB."""
+    rocket = benchdata.load_photo("rocket")
+    washed = critic.assess(apply_distortion(rocket, "low_contrast", 4))
+    assert washed.worst.distortion == "low_contrast", washed.regions
+    assert not [r for r in washed.regions if r.distortion == "underexposure"], washed.regions
+    dark = critic.assess(apply_distortion(rocket, "underexposure", 4))
+    assert dark.worst.distortion == "underexposure" and dark.worst.severity >= 0.5, dark.regions
+
+
 def test_depth_of_field_is_named_in_the_trace(critic):
     img = benchdata.shallow_dof((512, 384), np.random.default_rng(5))
     d = critic.assess(img)

@@ -303,7 +303,11 @@ class ClassicalAssessor(AssessorBackend):
                 else severity("jpeg", look.block_global)
             ),
             "overexposure": max(severity("overexposure", e.clipped_hi), severity("brightness", e.mean)),
-            "underexposure": severity("underexposure", e.p999) * float(np.clip((0.42 - e.mean) / 0.12, 0, 1)),
+            # dimmed lights with lifted deepest shadows are a dark photo washed out (a night scene
+            # pulled toward its dark mean), not underexposed: a gain below 1 deepens the shadows
+            "underexposure": severity("underexposure", e.p999)
+            * float(np.clip((0.42 - e.mean) / 0.12, 0, 1))
+            * float(np.clip((0.08 - e.p001) / 0.04, 0, 1)),
             # lifted blacks separate a washed-out image from a dark one (whose blacks stay black)
             "low_contrast": severity("low_contrast", e.tone_range)
             * float(np.clip((e.p01 - 0.03) / 0.08, 0, 1)),
