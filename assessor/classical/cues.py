@@ -596,9 +596,9 @@ class ExposureStats:
     p01: float  # 1st percentile of luma 0..1
     p99: float  # 99th percentile
     p999: float  # 99.9th percentile: the brightest lights
+    p001: float  # 0.1th percentile: the deepest shadows
     clipped_hi: float  # fraction of pixels with a channel at >= 250
     clipped_lo: float  # fraction of pixels with luma <= 4
-    p001: float = 0.0  # 0.1th percentile: the deepest shadows
 
     @property
     def tone_range(self) -> float:
@@ -618,9 +618,9 @@ def exposure_stats(rgb: np.ndarray, y: np.ndarray | None = None) -> ExposureStat
         p01=float(q[0]),
         p99=float(q[1]),
         p999=float(q[2]),
+        p001=float(q[3]),
         clipped_hi=float((channel_max(rgb) >= 250).mean()),
         clipped_lo=float((y <= 4).mean()),
-        p001=float(q[3]),
     )
 
 
