@@ -452,3 +452,19 @@ def test_a_posterized_photo_is_graded_by_its_grey_levels(critic):
         apply_distortion(moon, "artifact", 5)
     )
     assert old.score > 4.0
+
+
+def test_a_whole_image_blur_is_graded_by_its_edge_widths(critic):
+    # the network's own whole-image blur grade levels off at 0.4-0.6 from level 2 or 3 on, so a
+    # strong blur of the camera photo scored like a mild one elsewhere (3.32 at level 5); once the
+    # network sees blur, the classical edge widths say how much
+    img = apply_distortion(benchdata.load_photo("camera"), "blur", 5)
+    d = critic.assess(img)
+    grade = [s for s in d.trace if s.data and "cue_damage" in s.data][0].data
+    assert (
+        grade["damage"]["blur"] == pytest.approx(grade["cue_damage"]["blur"])
+        and grade["damage"]["blur"] > 0.7
+    )
+    assert d.score < 2.6
+    old = load_assessor("learned", device="cpu", measured=("noise", "jpeg", "artifact")).assess(img)
+    assert old.score > 3.0

@@ -61,7 +61,8 @@ class LearnedConfig:
     confirm: float = 0.35  # share of a candidate's cells that must still show the type in the zoom
     cues: bool = True  # let classical cues vote (in zooms, overall) and lead (their own candidates)
     cue_weight: float = 0.8  # weight of the classical whole-image exposure / contrast / colour grades
-    measured: tuple[str, ...] = ("noise", "jpeg", "artifact")  # graded by the measurement once seen
+    # graded by the measurement once seen (edge widths, noise sigma, quantization steps, grey levels)
+    measured: tuple[str, ...] = ("blur", "noise", "jpeg", "artifact")
     measured_gate: float = 0.1  # ... where the network's whole-image damage of the kind reaches this
     coarse_look: int = 320  # a second look at this long side for the coarse types (0: none)
     coarse_types: tuple[str, ...] = ("blur",)
@@ -539,10 +540,10 @@ class LearnedAssessor(AssessorBackend):
                     cover[i] = max(cover[i], float((peek.presence[i] > cfg.threshold).mean()))
 
         # whole-image grade: fine defects count where the network sees them *and* the classical
-        # measurement agrees; where the network sees noise, JPEG or banding, the measurement (noise
-        # sigma, quantization steps, grey levels used) says how much: the network's own grade of
-        # them levels off (noise at 0.3 from level 3 on); exposure, contrast and colour follow the
-        # image's histogram measures
+        # measurement agrees; where the network sees blur, noise, JPEG or banding, the measurement
+        # (edge widths, noise sigma, quantization steps, grey levels used) says how much: the
+        # network's own grade of them levels off (noise at 0.3 from level 3 on, blur at 0.4-0.6
+        # from level 2 or 3); exposure, contrast and colour follow the image's histogram measures
         cue, classical_look, seams = self._global_cues(rgb) if cfg.cues else ({}, None, [])
         damage = net.copy()
         for i, t in enumerate(self.types):
