@@ -468,3 +468,17 @@ def test_a_whole_image_blur_is_graded_by_its_edge_widths(critic):
     assert d.score < 2.6
     old = load_assessor("learned", device="cpu", measured=("noise", "jpeg", "artifact")).assess(img)
     assert old.score > 3.0
+
+
+def test_whole_image_noise_is_confirmed_at_native_pixels(critic):
+    # a reduced look understates grain on a textured photo (0.66 on the Grace Hopper photo at
+    # noise level 3); the quietest tile at native pixels measures it as the classical critic does
+    img = apply_distortion(benchdata.load_photo("hopper"), "noise", 3, np.random.default_rng(0))
+    d = critic.assess(img)
+    noise = [r for r in d.regions if r.distortion == "noise" and r.is_global(d.image_size)]
+    classical = load_assessor("classical").assess(img).worst
+    assert noise and classical.distortion == "noise"
+    assert noise[0].severity == pytest.approx(classical.severity, abs=0.01) and noise[0].severity > 0.7
+    assert any(s.thought.startswith("Suspect noise over the whole image") for s in d.trace)
+    old = load_assessor("learned", device="cpu", confirm_global=()).assess(img)
+    assert old.worst.distortion == "noise" and old.worst.severity < noise[0].severity - 0.05

@@ -64,6 +64,10 @@ class LearnedConfig:
     # graded by the measurement once seen (edge widths, noise sigma, quantization steps, grey levels)
     measured: tuple[str, ...] = ("blur", "noise", "jpeg", "artifact")
     measured_gate: float = 0.1  # ... where the network's whole-image damage of the kind reaches this
+    # whole-image blur and noise measured again at native pixels where they measure best (the most
+    # detailed tile, the quietest one), as the classical critic confirms them: a reduced look
+    # understates both
+    confirm_global: tuple[str, ...] = ("blur", "noise")
     coarse_look: int = 320  # a second look at this long side for the coarse types (0: none)
     coarse_types: tuple[str, ...] = ("blur",)
     max_seams: int = 2  # patches found by their borders (classical cue) zoomed on, besides max_zooms
@@ -238,11 +242,18 @@ class LearnedAssessor(AssessorBackend):
         light's colour, grey-level use (see ``assessor.classical``); its look, which maps them; and
         the patches it reads off their borders (a rectangle whose border steps the same way all
         around, with one physically consistent tone map across it). Tones and light colour are
-        measured with those patches undone, as the classical critic does."""
+        measured with those patches undone, and suspected blur and noise confirmed at native
+        pixels (``confirm_global``), as the classical critic does; those zooms' trace steps."""
         c = self._classical
         look = c._global_look(rgb)
         seams = c._read_seams(rgb, look)
-        return c._global_suspicions(c._without_seams(look, seams)), look, seams
+        sus = c._global_suspicions(c._without_seams(look, seams))
+        zooms = []  # the native looks that confirmed them, for the trace
+        for kind in self.config.confirm_global:
+            if sus[kind] >= 0.08:
+                sus[kind], _, step = c._confirm_global(rgb, look, kind, sus[kind])
+                zooms.append(step)
+        return sus, look, seams, zooms
 
     def _examine_seam(self, rgb: np.ndarray, seam) -> tuple[Finding | None, Zoom, dict]:
         """Zoom on a patch the classical border reading found and record what the network sees.
@@ -544,7 +555,8 @@ class LearnedAssessor(AssessorBackend):
         # (edge widths, noise sigma, quantization steps, grey levels used) says how much: the
         # network's own grade of them levels off (noise at 0.3 from level 3 on, blur at 0.4-0.6
         # from level 2 or 3); exposure, contrast and colour follow the image's histogram measures
-        cue, classical_look, seams = self._global_cues(rgb) if cfg.cues else ({}, None, [])
+        cue, classical_look, seams, zooms = self._global_cues(rgb) if cfg.cues else ({}, None, [], [])
+        trace += zooms
         damage = net.copy()
         for i, t in enumerate(self.types):
             if t not in cue:
