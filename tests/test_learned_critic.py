@@ -368,6 +368,8 @@ def test_bad_options_fail_clearly(tmp_path):
         load_assessor("learned", dtype="float16")
     with pytest.raises(TypeError, match="unknown learned-critic option"):
         load_assessor("learned", look_sise=512)
+    with pytest.raises(ValueError, match="confirm_global takes blur, noise or jpeg"):
+        load_assessor("learned", confirm_global=("color_cast",))
 
 
 def test_brisque_baseline_gives_a_global_score(astronaut):

@@ -90,6 +90,13 @@ class LearnedConfig:
     max_cue_leads: int = 6
     cue_kinds: tuple[str, ...] = TYPES  # every type the network can show
 
+    def __post_init__(self):
+        wrong = sorted(set(self.confirm_global) - {"blur", "noise", "jpeg"})
+        if wrong:
+            raise ValueError(
+                f"confirm_global takes blur, noise or jpeg (what a native zoom confirms), got {wrong}"
+            )
+
 
 @dataclass
 class Finding:
@@ -131,11 +138,10 @@ class LearnedAssessor(AssessorBackend):
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
         config = config or LearnedConfig()
-        for key, value in overrides.items():
+        for key in overrides:
             if not hasattr(config, key):
                 raise TypeError(f"unknown learned-critic option {key!r}")
-            setattr(config, key, value)
-        self.config = config
+        self.config = replace(config, **overrides)  # checked again by __post_init__
         try:
             net = load_weights(path, self.device)
         except WeightsError as exc:
