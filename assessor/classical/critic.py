@@ -35,6 +35,9 @@ WARM_TOLERANCE = 2.0  # a warm light counts as a cast this many times weaker (wh
 GREY = 0.05  # log-chroma below which a surface reads as grey (a black-and-white photo's, nearly all)
 TINT_AREA = 0.35  # largest share of a black-and-white photo a tint is looked for in
 CAST_SEAM = 0.85  # border coverage a tinted rectangle needs (coloured boxes are common content)
+# whole-image suspicions measured again at native pixels where they measure best, from this grade
+CONFIRMED_AT_NATIVE = ("blur", "noise", "jpeg")
+CONFIRM_FROM = 0.08
 SEAM_WHY = {  # why a rectangle confirmed by its border was zoomed on
     "underexposure": "its border steps down in brightness all around",
     "overexposure": "its border steps up in brightness all around",
@@ -975,7 +978,7 @@ class ClassicalAssessor(AssessorBackend):
         }
         for kind, s in sus.items():
             reason = global_reason.get(kind, "")
-            if kind in ("blur", "noise", "jpeg") and s >= 0.08:
+            if kind in CONFIRMED_AT_NATIVE and s >= CONFIRM_FROM:
                 s, reason, step = self._confirm_global(rgb, look, kind, s)
                 trace.append(step)
             findings.append((s, 1.0))

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from ..backends import AssessorBackend
-from ..classical.critic import _explained_by, _quantization_severity
+from ..classical.critic import CONFIRM_FROM, CONFIRMED_AT_NATIVE, _explained_by, _quantization_severity
 from ..classical.severity import area_weight
 from ..imageio import as_rgb8, check_image_size
 from ..schema import Diagnosis, Region, ToolCall, TraceStep
@@ -91,7 +91,7 @@ class LearnedConfig:
     cue_kinds: tuple[str, ...] = TYPES  # every type the network can show
 
     def __post_init__(self):
-        wrong = sorted(set(self.confirm_global) - {"blur", "noise", "jpeg"})
+        wrong = sorted(set(self.confirm_global) - set(CONFIRMED_AT_NATIVE))
         if wrong:
             raise ValueError(
                 f"confirm_global takes blur, noise or jpeg (what a native zoom confirms), got {wrong}"
@@ -256,7 +256,7 @@ class LearnedAssessor(AssessorBackend):
         sus = c._global_suspicions(c._without_seams(look, seams))
         zooms = []  # the native looks that confirmed them, for the trace
         for kind in self.config.confirm_global:
-            if sus[kind] >= 0.08:
+            if sus[kind] >= CONFIRM_FROM:
                 sus[kind], _, step = c._confirm_global(rgb, look, kind, sus[kind])
                 zooms.append(step)
         return sus, look, seams, zooms
