@@ -18,6 +18,7 @@ from assessor.classical.cues import (
     IMMERKAER,
     IMMERKAER_GAIN,
     TONE_KINDS,
+    channel_max,
     mirror_pairs,
     pair_gains,
     refine_border,
@@ -735,7 +736,7 @@ def _regrain_blown(rgb: np.ndarray, out: np.ndarray, inner: np.ndarray, ring, in
     """Blown-out pixels lost their detail: darkened, they become one flat level that no photo
     has (it reads as a posterized fill). Give them the grain of the surroundings, as a retoucher
     does; seeded by the region, so a fix is repeatable."""
-    blown = inner & (rgb.max(axis=2) >= 250)
+    blown = inner & (channel_max(rgb) >= 250)  # as the critics count blown-out pixels
     n = int(blown.sum())
     if n < 16:
         return out
