@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from assessor.benchdata import PHOTOS, load_photo
+from assessor.classical.cues import shape_mask
 from assessor.degrade import SYNTHETIC_TYPES, apply_distortion, degrade_region
 from assessor.metrics import psnr
 from assessor.schema import Diagnosis, Region
@@ -141,9 +142,7 @@ def test_a_box_already_on_the_border_is_kept_and_pasted_with_a_hard_edge(photo, 
     d = degrade_region(photo, kind, level, TRUE_BOX, np.random.default_rng(1))
     out, _, info = refine_local(d.image, kind, box=TRUE_BOX)
     assert info["area"] == "seam-rect"
-    x0, y0, x1, y1 = TRUE_BOX
-    inside = np.zeros(photo.shape[:2], bool)
-    inside[y0:y1, x0:x1] = True
+    inside = shape_mask(photo.shape[:2], TRUE_BOX)
     assert np.array_equal(out[~inside], d.image[~inside])
     assert masked_psnr(out, photo, inside) >= masked_psnr(d.image, photo, inside) + 10.0
 
@@ -163,9 +162,7 @@ def test_blown_out_pixels_come_back_with_the_grain_of_their_surroundings(photo):
     assert plateau[blown].mean() < 0.02 and out[blown].mean() < 240
     again, _, _ = refine_local(d.image, "overexposure", box=TRUE_BOX)
     assert np.array_equal(out, again)
-    x0, y0, x1, y1 = TRUE_BOX
-    inside = np.zeros(photo.shape[:2], bool)
-    inside[y0:y1, x0:x1] = True
+    inside = shape_mask(photo.shape[:2], TRUE_BOX)
     assert masked_psnr(out, photo, inside) >= masked_psnr(d.image, photo, inside) + 2.0
 
 
