@@ -92,6 +92,19 @@ def test_the_moon_is_low_key_not_washed_out(critic):
     assert scores[1] < 3.5
 
 
+def test_the_moon_pushed_bright_reads_overexposed_though_nothing_clips(critic):
+    """Brightened 2.6x and 3.4x in linear light, the moon clips under 1% of its pixels; its
+    shadows rise with its mean. It scored 4.7 and 4.2 when only the mean (0.68, 0.77) counted."""
+    moon = benchdata.load_photo("moon")
+    scores = []
+    for lv in (2, 4, 5):
+        d = critic.assess(apply_distortion(moon, "overexposure", lv))
+        scores.append(d.score)
+    assert scores[0] > scores[1] > scores[2], scores
+    assert any(r.distortion == "overexposure" and r.severity >= 0.45 for r in d.regions), d.regions
+    assert scores[2] < 4.0
+
+
 def test_a_dark_photo_washed_out_is_low_contrast_not_underexposed(critic):
     """Pulled toward its dark mean, a night photo's lights dim as an underexposed one's do, but its
     deepest shadows lift (a gain below 1 deepens them): PiG brightened it by 5x for -10 dB."""

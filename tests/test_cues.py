@@ -35,6 +35,19 @@ def test_low_key_content_uses_its_tonal_range_and_washing_it_out_shrinks_it():
     assert washed[1] < 0.5 * e.tone_range
 
 
+def test_lightness_rises_with_exposure_and_counts_the_shadows():
+    """The moon pushed bright clips nothing, but its mean and shadows rise together; a dark
+    subject on a white background is as bright on average and not light."""
+    moon = benchdata.load_photo("moon")
+    light = [cues.exposure_stats(apply_distortion(moon, "overexposure", lv)).lightness for lv in range(1, 6)]
+    assert all(a < b for a, b in zip(light, light[1:])), light
+    assert cues.exposure_stats(moon).lightness < 0.45 < light[2]
+    product = np.full((200, 200, 3), 235, np.uint8)
+    product[60:140, 50:150] = 30  # a dark object on white: a fifth of the image
+    e = cues.exposure_stats(product)
+    assert e.mean > 0.75 and e.lightness < 0.5
+
+
 @settings(max_examples=30, deadline=None)
 @given(contrast=st.floats(0.2, 0.9), seed=st.integers(0, 1000))
 def test_washing_out_never_widens_the_tone_range(contrast, seed):

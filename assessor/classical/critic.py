@@ -305,7 +305,7 @@ class ClassicalAssessor(AssessorBackend):
                 if np.isfinite(look.jpeg_quality)
                 else severity("jpeg", look.block_global)
             ),
-            "overexposure": max(severity("overexposure", e.clipped_hi), severity("brightness", e.mean)),
+            "overexposure": max(severity("overexposure", e.clipped_hi), severity("brightness", e.lightness)),
             # dimmed lights with lifted deepest shadows are a dark photo washed out (a night scene
             # pulled toward its dark mean), not underexposed: a gain below 1 deepens the shadows
             "underexposure": severity("underexposure", e.p999)
@@ -970,7 +970,8 @@ class ClassicalAssessor(AssessorBackend):
         regions: list[Region] = []
         full = [0, 0, w, h]
         global_reason = {
-            "overexposure": f"{100 * e.clipped_hi:.0f}% of the image is blown out, mean brightness {100 * e.mean:.0f}%",
+            "overexposure": f"{100 * e.clipped_hi:.0f}% of the image is blown out, mean brightness "
+            f"{100 * e.mean:.0f}% with its shadows at {100 * e.p05:.0f}%",
             "underexposure": f"the brightest tones reach only {100 * e.p999:.0f}%",
             "low_contrast": f"tones span only {100 * e.tone_range:.0f}% with blacks lifted to {100 * e.p01:.0f}%",
             "color_cast": f"the light colour is off neutral by {look.cast:.2f} (RGB {np.round(look.light, 2).tolist()})",
