@@ -484,3 +484,19 @@ def test_whole_image_noise_is_confirmed_at_native_pixels(critic):
     assert any(s.thought.startswith("Suspect noise over the whole image") for s in d.trace)
     old = load_assessor("learned", device="cpu", confirm_global=()).assess(img)
     assert old.worst.distortion == "noise" and old.worst.severity < noise[0].severity - 0.05
+
+
+def test_a_lead_the_network_barely_shows_is_not_seen(critic):
+    # a magenta cast clips the red channel over the Grace Hopper photo's brightest patch; the
+    # classical judge reads a blown-out patch there (0.57), the network shows overexposure at 0.07
+    # inside against 0.05 around: more inside, but not seen at all
+    img = apply_distortion(benchdata.load_photo("hopper"), "color_cast", 2, cast="magenta")
+    d = critic.assess(img)
+    assert not [r for r in d.regions if r.distortion == "overexposure"], d.regions
+    rejected = [s for s in d.trace if "the network does not see it there" in s.observation]
+    assert any(
+        s.data["classical"][0] == "overexposure" and s.data["network_in_ring"][0] < 0.1 for s in rejected
+    )
+    old = load_assessor("learned", device="cpu", seen_floor=0.0).assess(img)
+    assert [r for r in old.regions if r.distortion == "overexposure" and r.severity > 0.5], old.regions
+    assert old.score < d.score - 0.2

@@ -84,6 +84,10 @@ class LearnedConfig:
     # False: ask as for the other measured kinds)
     levels_alone: bool = True
     more_inside: float = 1.2  # a change the network sees: this many times more presence inside than around
+    # ... where it sees the kind at all: a classical lead's kind the network shows at under this
+    # presence inside is not seen, however much it exceeds the (floored) ring; 0.07 against 0.05
+    # confirmed a tint's clipped red channel as a blown-out patch, and soft fur as blur
+    seen_floor: float = 0.1
     # the classical critic's leads zoomed on, besides the network's own, and the kinds they may
     # count as (the classical judge's measurements: noise level, 8x8 blockiness, clipping, grey
     # levels, edge widths; tones, which the network must see change there, except tints)
@@ -352,7 +356,7 @@ class LearnedAssessor(AssessorBackend):
             }
             if share >= self.config.confirm:
                 seen = f"the network sees it over {100 * share:.0f}% of the region"
-            elif ratio >= self.config.more_inside:
+            elif ratio >= self.config.more_inside and p_in >= self.config.seen_floor:
                 seen = f"the network sees it {p_in:.2f} inside against {p_ring:.2f} around"
             elif judged.distortion == "artifact" and self.config.levels_alone:
                 seen = f"the network does not see it ({p_in:.2f} inside against {p_ring:.2f} around)"
