@@ -500,3 +500,20 @@ def test_a_lead_the_network_barely_shows_is_not_seen(critic):
     old = load_assessor("learned", device="cpu", seen_floor=0.0).assess(img)
     assert [r for r in old.regions if r.distortion == "overexposure" and r.severity > 0.5], old.regions
     assert old.score < d.score - 0.2
+
+
+def test_a_wide_blur_the_network_misses_natively_is_seen_reduced(critic):
+    # a sigma-6 blurred ellipse on the moon: the classical edge widths single it out (5.4 px); the
+    # network shows blur as much around it as inside at native pixels (0.09 against 0.08), clearly
+    # more inside once the zoom is reduced until those edges are 2.5 px wide (0.36 against 0.10)
+    box = (150, 0, 350, 200)
+    img = degrade_region(benchdata.load_photo("moon"), "blur", 5, box, shape="ellipse", feather=4.0).image
+    d = critic.assess(img)
+    assert d.worst.distortion == "blur" and centre_inside(d.worst.bbox, box), d.regions
+    step = confirmed_classical_lead(d)
+    assert step.data["classical"][0] == "blur" and "px)" in step.observation
+    p_in, p_ring = step.data["network_in_ring"]
+    r_in, r_ring = step.data["reduced"]["network_in_ring"]
+    assert p_in < 1.2 * p_ring and r_in > 2 * r_ring
+    native = load_assessor("learned", device="cpu", wide_edges=0.0).assess(img)
+    assert not [r for r in native.regions if r.distortion == "blur"], native.regions

@@ -70,6 +70,11 @@ class LearnedConfig:
     confirm_global: tuple[str, ...] = ("blur", "noise")
     coarse_look: int = 320  # a second look at this long side for the coarse types (0: none)
     coarse_types: tuple[str, ...] = ("blur",)
+    # a blur lead the network does not see at native pixels, whose edges the classical judge
+    # measures wider than this (Gaussian sigma, px), is zoomed on again reduced until they are this
+    # wide, about the widest the network tells natively (0: not): a sigma-6 blur on the moon
+    # showed as much inside as around at native pixels, over half of it at half size
+    wide_edges: float = 2.5
     max_seams: int = 2  # patches found by their borders (classical cue) zoomed on, besides max_zooms
     # a patch read off its border counts on that reading alone; False: only where the network,
     # zoomed on it, sees some tone defect more_inside times more inside than around
@@ -344,23 +349,20 @@ class LearnedAssessor(AssessorBackend):
             if not seen:
                 return None, zoom, numbers
         else:
-            # the type over a good part of the region, or clearly more of it inside than around
-            pred = self._see(zoom.image)
-            k = self.types.index(judged.distortion)
-            inside = self._requested_cells(zoom, pred)
-            share = float((pred.presence[k][inside] > self.config.threshold).mean())
-            p_in, p_ring, ratio = self._in_and_around(pred, inside, k)
-            numbers = {
-                "network_share": round(share, 3),
-                "network_in_ring": [round(p_in, 3), round(p_ring, 3)],
-            }
-            if share >= self.config.confirm:
-                seen = f"the network sees it over {100 * share:.0f}% of the region"
-            elif ratio >= self.config.more_inside and p_in >= self.config.seen_floor:
-                seen = f"the network sees it {p_in:.2f} inside against {p_ring:.2f} around"
-            elif judged.distortion == "artifact" and self.config.levels_alone:
+            seen, numbers = self._sees_kind(zoom, judged.distortion)
+            wide = self.config.wide_edges
+            if not seen and judged.distortion == "blur" and wide and judged.value > wide:
+                # a wide blur's edges are wider than any the network learned at native pixels: it
+                # sees them reduced, as at its step back
+                zoom2 = self._zoom(rgb, judged.box, self.config.context, wide / judged.value)
+                seen, more = self._sees_kind(zoom2, judged.distortion, around=True)
+                numbers["reduced"] = more
+                if seen:
+                    zoom, seen = zoom2, f"{seen} (seen at {zoom2.image.shape[1]} px)"
+            if not seen and judged.distortion == "artifact" and self.config.levels_alone:
+                p_in, p_ring = numbers["network_in_ring"]
                 seen = f"the network does not see it ({p_in:.2f} inside against {p_ring:.2f} around)"
-            else:
+            if not seen:
                 return None, zoom, numbers
         box = tuple(int(v) for v in judged.box)
         return (
@@ -368,6 +370,23 @@ class LearnedAssessor(AssessorBackend):
             zoom,
             numbers,
         )
+
+    def _sees_kind(self, zoom: Zoom, kind: str, around: bool = False) -> tuple[str, dict]:
+        """Whether the network, zoomed on a region, shows ``kind`` over a good part of it or clearly
+        more of it inside than around (where it shows it at all): what it saw ("" for nothing)
+        and its presences. With ``around``, more inside than around is asked in either case: a
+        reduced zoom shows soft content as blur all over (the moon reduced to 5 grey levels)."""
+        pred = self._see(zoom.image)
+        k = self.types.index(kind)
+        inside = self._requested_cells(zoom, pred)
+        share = float((pred.presence[k][inside] > self.config.threshold).mean())
+        p_in, p_ring, ratio = self._in_and_around(pred, inside, k)
+        numbers = {"network_share": round(share, 3), "network_in_ring": [round(p_in, 3), round(p_ring, 3)]}
+        if share >= self.config.confirm and (not around or ratio >= self.config.more_inside):
+            return f"the network sees it over {100 * share:.0f}% of the region", numbers
+        if ratio >= self.config.more_inside and p_in >= self.config.seen_floor:
+            return f"the network sees it {p_in:.2f} inside against {p_ring:.2f} around", numbers
+        return "", numbers
 
     # ------------------------------------------------------------------ (b') native peek
     def _peek(
