@@ -305,7 +305,7 @@ class ClassicalAssessor(AssessorBackend):
                 if np.isfinite(look.jpeg_quality)
                 else severity("jpeg", look.block_global)
             ),
-            "overexposure": max(severity("overexposure", e.clipped_hi), severity("brightness", e.lightness)),
+            "overexposure": max(severity("overexposure", e.clipped_hi), severity("lightness", e.lightness)),
             # dimmed lights with lifted deepest shadows are a dark photo washed out (a night scene
             # pulled toward its dark mean), not underexposed: a gain below 1 deepens the shadows
             "underexposure": severity("underexposure", e.p999)

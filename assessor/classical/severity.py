@@ -38,7 +38,7 @@ CURVES: dict[str, tuple[tuple[float, float], ...]] = {
     "color_cast": ((0.13, 0.0), (0.23, 0.2), (0.33, 0.3), (0.5, 0.4), (0.78, 0.5), (1.5, 0.62), (3.0, 0.75)),
     # lightness, the mean of mean luma and its 5th percentile (ExposureStats.lightness): a whole
     # image pushed bright even where nothing clips; its shadows rise with it
-    "brightness": ((0.45, 0.0), (0.55, 0.25), (0.65, 0.45), (0.75, 0.6), (0.85, 0.72)),
+    "lightness": ((0.45, 0.0), (0.55, 0.25), (0.65, 0.45), (0.75, 0.6), (0.85, 0.72)),
     # grey-level occupancy (banding / posterization); falls as levels disappear
     "artifact": ((0.7, 0.0), (0.157, 0.14), (0.094, 0.24), (0.056, 0.38), (0.032, 0.52), (0.021, 0.71), (0.01, 0.85)),
 }
