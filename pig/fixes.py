@@ -15,10 +15,12 @@ import cv2
 import numpy as np
 
 from assessor.classical.cues import (
+    ELLIPSE_PAIRS,
     IMMERKAER,
     IMMERKAER_GAIN,
     TONE_KINDS,
     channel_max,
+    fit_ellipse,
     mirror_pairs,
     pair_gains,
     refine_border,
@@ -366,63 +368,7 @@ def snap_box(
 
 
 EXPOSURE_CHANNEL_SPREAD = 1.6  # most / least per-channel gain of an exposure change across a border
-ELLIPSE_PAIRS = (3.0, 10.0)  # read a soft border's pairs past its feather, inside and out
 MAX_STEP_SPREAD = 1.5  # interquartile range of the steps across a fitted border, over their median
-
-
-def fit_ellipse(
-    f: np.ndarray, starts: list, sign: float, radius: int
-) -> tuple[tuple[int, int, int, int] | None, float, float]:
-    """The ellipse (as its bounding box) whose border the feature steps across the most in the
-    defect's direction, by coordinate descent from each start box (sides move within ``radius``).
-
-    A soft-edged patch (an inpainting pass pasted through a feathered mask) has no straight
-    sides to snap to; the steps across its whole border still peak exactly on it. Returns the
-    box, the lower quartile of its steps and the share of border pairs that step its way."""
-    h, w = f.shape
-    near, far = ELLIPSE_PAIRS
-
-    def score(b) -> tuple[float, float]:
-        x0, y0, x1, y1 = b
-        if x1 - x0 < 16 or y1 - y0 < 16:
-            return -np.inf, 0.0
-        # a crop around the box keeps each evaluation to the border's own pixels
-        cx0, cy0 = max(0, x0 - int(far) - 2), max(0, y0 - int(far) - 2)
-        cx1, cy1 = min(w, x1 + int(far) + 2), min(h, y1 + int(far) + 2)
-        local = (x0 - cx0, y0 - cy0, x1 - cx0, y1 - cy0)
-        hard = shape_mask((cy1 - cy0, cx1 - cx0), local, "ellipse")
-        pin, pout = mirror_pairs(hard, local, "ellipse", near, far)
-        if pin[0].size < 50:
-            return -np.inf, 0.0
-        fc = f[cy0:cy1, cx0:cx1]
-        steps = sign * (fc[pin] - fc[pout])
-        # a patch steps all along its border, an object's outline only along part of it: the
-        # lower quartile of the steps, not their median, peaks on the patch
-        low, med = np.percentile(steps, [25, 50])
-        return float(low), float((steps > 0.3 * med).mean()) if med > 0 else 0.0
-
-    best_box, best, best_cov = None, -np.inf, 0.0
-    for start in starts:
-        start = [int(v) for v in start]
-        cur = list(start)
-        cur_s, cur_cov = score(cur)
-        for step in (8, 4, 2, 1):
-            moved = True
-            while moved:
-                moved = False
-                for i in range(4):
-                    for d in (-step, step):
-                        cand = list(cur)
-                        cand[i] += d
-                        lim = w if i % 2 == 0 else h
-                        if abs(cand[i] - start[i]) > radius or not 0 <= cand[i] <= lim:
-                            continue
-                        s, cov = score(cand)
-                        if s > cur_s:
-                            cur, cur_s, cur_cov, moved = cand, s, cov, True
-        if cur_s > best:
-            best_box, best, best_cov = tuple(cur), cur_s, cur_cov
-    return best_box, best, best_cov
 
 
 def _shape_mask(shape: tuple[int, int], box, kind: str, feather: float) -> np.ndarray:

@@ -328,3 +328,31 @@ def test_undo_tone_restores_an_underexposed_patch(astronaut):
     back = cues.undo_tone(d.image[y0:y1, x0:x1], "underexposure", reading)
     err = np.abs(back.astype(int) - astronaut[y0:y1, x0:x1].astype(int))
     assert np.median(err) <= 2
+
+
+@pytest.mark.parametrize(
+    ("kind", "feature", "sign"), [("underexposure", "exposure", -1.0), ("color_cast", None, None)]
+)
+def test_a_feathered_ellipse_is_found_by_its_soft_border(kind, feature, sign):
+    box = (200, 60, 420, 200)
+    img = benchdata.load_photo("rocket")
+    d = degrade_region(img, kind, 5, box, np.random.default_rng(0), shape="ellipse", feather=4.0)
+    found = cues.soft_patches(d.image)
+    best = max(found, key=lambda p: box_iou(p.box, d.box))
+    assert box_iou(best.box, d.box) >= 0.5, found
+    assert found.index(best) < 3  # among the most consistent borders
+    if feature:
+        assert (best.feature, best.sign) == (feature, sign)
+    else:
+        assert best.feature in ("red-green", "blue-green")
+    # the fit moves a box off the border back onto it
+    x0, y0, x1, y1 = best.box
+    f, _, _ = cues._seam_feature(d.image, best.feature)
+    fitted, low, _ = cues.fit_ellipse(f, [(x0 + 12, y0 - 8, x1 + 12, y1 - 8)], best.sign, 30)
+    assert low > 0 and box_iou(fitted, d.box) >= 0.8
+
+
+def test_no_soft_patch_on_a_smooth_gradient():
+    ramp = np.tile(np.linspace(20, 235, 320, dtype=np.float32), (240, 1))
+    img = np.repeat(ramp[:, :, None], 3, axis=2).astype(np.uint8)
+    assert cues.soft_patches(img) == []

@@ -181,6 +181,17 @@ def _select(centres: tuple[np.ndarray, np.ndarray], box) -> np.ndarray:
     return (cy[:, None] >= y0) & (cy[:, None] < y1) & (cx[None, :] >= x0) & (cx[None, :] < x1)
 
 
+def seam_severity(kind: str, value: float) -> float:
+    """Severity of a tone map read across a patch's border (``cues.seam_defect``'s cue value)."""
+    if kind in ("underexposure", "overexposure"):  # brighter graded as darker by the same gain
+        sev = severity("underexposure", value)
+    elif kind == "color_cast":
+        sev = severity("color_cast", float(np.expm1(value)))
+    else:
+        sev = severity("low_contrast", 0.9 * value)
+    return float(np.clip(sev, 0.0, 1.0))
+
+
 class ClassicalAssessor(AssessorBackend):
     """The embedded default critic: no weights, no torch, a fraction of a second per image."""
 
@@ -873,13 +884,7 @@ class ClassicalAssessor(AssessorBackend):
         kind, value, why = defect
         if kind == "color_cast" and seam.coverage < CAST_SEAM:
             return None
-        if kind in ("underexposure", "overexposure"):  # brighter graded as darker by the same gain
-            sev = severity("underexposure", value)
-        elif kind == "color_cast":
-            sev = severity("color_cast", float(np.expm1(value)))
-        else:
-            sev = severity("low_contrast", 0.9 * value)
-        return Finding(kind, float(np.clip(sev, 0.0, 1.0)), why, box, value, reading)
+        return Finding(kind, seam_severity(kind, value), why, box, value, reading)
 
     def _confirm_global(
         self, rgb: np.ndarray, look: Look, kind: str, suspicion: float

@@ -777,6 +777,166 @@ def seams(
     return kept
 
 
+@dataclass
+class SoftPatch:
+    """An ellipse whose border a tone feature steps across alike all around: a patch exposed,
+    tinted or flattened through a soft round mask (an inpainting pass pasted with a feather)."""
+
+    box: tuple[int, int, int, int]  # the ellipse's bounding box in the image's pixels
+    feature: str  # one of SEAM_FEATURES
+    sign: float  # +1: higher inside
+    consistency: float  # mean step across the border over its spread along it
+
+
+def soft_patches(
+    rgb: np.ndarray,
+    long_side: int = 96,
+    axes: tuple[float, float, int] = (0.07, 0.24, 5),
+    angles: int = 16,
+    min_coverage: float = 0.75,
+    top: int = 24,
+) -> list[SoftPatch]:
+    """Ellipses (semi-axes ``axes``: smallest and largest share of the image's width / height, how
+    many between) whose border steps one way in a tone feature nearly all around, searched at
+    every centre of a ``long_side`` look, most consistent step first.
+
+    A soft round border has no straight side for ``seams`` to find. Round content (a disk, a
+    face) steps across its outline too, more here and less there: the steps' mean over their
+    spread ranks a patch's constant step first, and ``seam_reading`` judges each at native pixels."""
+    h, w = rgb.shape[:2]
+    s = min(1.0, long_side / float(max(h, w)))
+    sw, sh = max(16, round(w * s)), max(16, round(h * s))
+    small = cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA) if s < 1.0 else rgb
+    sw, sh = small.shape[1], small.shape[0]
+    lin = _LINEAR[small]
+    theta = np.arange(angles) * 2.0 * np.pi / angles
+    fracs = np.geomspace(axes[0], axes[1], int(axes[2]))
+    pad = int(np.ceil(axes[1] * max(sw, sh))) + 6
+    n_dir = 16
+    found: list[SoftPatch] = []
+    yy, xx = np.mgrid[0:sh, 0:sw]
+    for name in SEAM_FEATURES:
+        f, step, gap = _seam_feature(small, name, lin)
+        fp = cv2.copyMakeBorder(f, pad, pad, pad, pad, cv2.BORDER_REFLECT)
+        d = 2 + gap
+        # the step across a border whose outward normal points along each of n_dir directions
+        diffs = []
+        for k in range(n_dir):
+            phi = 2.0 * np.pi * k / n_dir
+            dx, dy = int(round(d * np.cos(phi))), int(round(d * np.sin(phi)))
+            inner = fp[pad - dy : pad - dy + sh, pad - dx : pad - dx + sw]
+            outer = fp[pad + dy : pad + dy + sh, pad + dx : pad + dx + sw]
+            diff = inner - outer
+            diffs.append(cv2.copyMakeBorder(diff, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0.0))
+        for sign in (1.0, -1.0) if name != "contrast" else (-1.0,):  # more contrast is no defect
+            for fa in fracs:
+                a = fa * sw
+                for fb in fracs:
+                    b = fb * sh
+                    if max(a / b, b / a) > 3.0:
+                        continue
+                    s1 = np.zeros((sh, sw), np.float32)
+                    s2 = np.zeros((sh, sw), np.float32)
+                    cnt = np.zeros((sh, sw), np.float32)
+                    for t in theta:
+                        px, py = int(round(a * np.cos(t))), int(round(b * np.sin(t)))
+                        k = (
+                            int(round(np.arctan2(np.sin(t) / b, np.cos(t) / a) / (2.0 * np.pi) * n_dir))
+                            % n_dir
+                        )
+                        v = sign * diffs[k][pad + py : pad + py + sh, pad + px : pad + px + sw]
+                        s1 += v
+                        s2 += v * v
+                        cnt += v > step
+                    mu = s1 / angles
+                    sd = np.sqrt(np.maximum(s2 / angles - mu * mu, 0.0)) + 0.02
+                    # most of the ellipse inside the frame
+                    inside = (
+                        (xx >= 0.8 * a)
+                        & (xx <= sw - 1 - 0.8 * a)
+                        & (yy >= 0.8 * b)
+                        & (yy <= sh - 1 - 0.8 * b)
+                    )
+                    ok = inside & (cnt >= min_coverage * angles) & (mu > step)
+                    score = np.where(ok, mu / sd, 0.0)
+                    # the best centre of each neighbourhood only
+                    peak = cv2.dilate(score, np.ones((5, 5), np.uint8))
+                    for y, x in zip(*np.nonzero(ok & (score >= peak))):
+                        box = (
+                            int(max(0, round((x - a) / s))),
+                            int(max(0, round((y - b) / s))),
+                            int(min(w, round((x + a + 1) / s))),
+                            int(min(h, round((y + b + 1) / s))),
+                        )
+                        found.append(SoftPatch(box, name, sign, float(score[y, x])))
+    found.sort(key=lambda p: -p.consistency)
+    kept: list[SoftPatch] = []
+    for p in found:
+        if all(box_iou(p.box, k.box) < 0.3 for k in kept):
+            kept.append(p)
+        if len(kept) >= top:
+            break
+    return kept
+
+
+ELLIPSE_PAIRS = (3.0, 10.0)  # read a soft border's pairs past its feather, inside and out
+
+
+def fit_ellipse(
+    f: np.ndarray, starts: list, sign: float, radius: int
+) -> tuple[tuple[int, int, int, int] | None, float, float]:
+    """The ellipse (as its bounding box) whose border the feature steps across the most in the
+    defect's direction, by coordinate descent from each start box (sides move within ``radius``).
+
+    A soft-edged patch (an inpainting pass pasted through a feathered mask) has no straight
+    sides to snap to; the steps across its whole border still peak exactly on it. Returns the
+    box, the lower quartile of its steps and the share of border pairs that step its way."""
+    h, w = f.shape
+    near, far = ELLIPSE_PAIRS
+
+    def score(b) -> tuple[float, float]:
+        x0, y0, x1, y1 = b
+        if x1 - x0 < 16 or y1 - y0 < 16:
+            return -np.inf, 0.0
+        # a crop around the box keeps each evaluation to the border's own pixels
+        cx0, cy0 = max(0, x0 - int(far) - 2), max(0, y0 - int(far) - 2)
+        cx1, cy1 = min(w, x1 + int(far) + 2), min(h, y1 + int(far) + 2)
+        local = (x0 - cx0, y0 - cy0, x1 - cx0, y1 - cy0)
+        hard = shape_mask((cy1 - cy0, cx1 - cx0), local, "ellipse")
+        pin, pout = mirror_pairs(hard, local, "ellipse", near, far)
+        if pin[0].size < 50:
+            return -np.inf, 0.0
+        fc = f[cy0:cy1, cx0:cx1]
+        steps = sign * (fc[pin] - fc[pout])
+        # a patch steps all along its border, an object's outline only along part of it: the
+        # lower quartile of the steps, not their median, peaks on the patch
+        low, med = np.percentile(steps, [25, 50])
+        return float(low), float((steps > 0.3 * med).mean()) if med > 0 else 0.0
+
+    best_box, best, best_cov = None, -np.inf, 0.0
+    for start in starts:
+        start = [int(v) for v in start]
+        cur = list(start)
+        cur_s, cur_cov = score(cur)
+        for step in (8, 4, 2, 1):
+            moved = True
+            while moved:
+                moved = False
+                for i in range(4):
+                    for d in (-step, step):
+                        cand = list(cur)
+                        cand[i] += d
+                        lim = w if i % 2 == 0 else h
+                        if abs(cand[i] - start[i]) > radius or not 0 <= cand[i] <= lim:
+                            continue
+                        s, cov = score(cand)
+                        if s > cur_s:
+                            cur, cur_s, cur_cov, moved = cand, s, cov, True
+        if cur_s > best:
+            best_box, best, best_cov = tuple(cur), cur_s, cur_cov
+    return best_box, best, best_cov
+
+
 def _segment_sum(evidence: np.ndarray, x0, y0, x1, y1) -> np.ndarray:
     """Sums of ``evidence`` over boxes [x0, x1) x [y0, y1) (arrays of boxes), from its integral."""
     ii = cv2.integral(evidence)
@@ -968,7 +1128,12 @@ def seam_reading(
     dv = (pin[0] - (y0 + y1 - 1) / 2.0) / max(y1 - y0, 1)
     side = np.where(np.abs(du) >= np.abs(dv), np.where(du < 0, 0, 1), np.where(dv < 0, 2, 3))
     contrast = _worst_side(d_in[off] < 0.8 * d_out[off], side[off]) if off.sum() >= 30 else 0.0
-    continuity = float(np.corrcoef(y_in, y_out)[0, 1]) if y_in.std() > 0 and y_out.std() > 0 else 0.0
+    with np.errstate(invalid="ignore", divide="ignore"):  # a flat side (a rounding-level std)
+        continuity = (
+            float(np.nan_to_num(np.corrcoef(y_in, y_out)[0, 1]))
+            if y_in.std() > 0 and y_out.std() > 0
+            else 0.0
+        )
     return SeamReading(
         gains, spread, _agree(e_step[:, None]), _agree(c_step), contrast, continuity, int(pin[0].size)
     )

@@ -28,7 +28,14 @@ import cv2
 import numpy as np
 
 from ..backends import AssessorBackend
-from ..classical.critic import CONFIRM_FROM, CONFIRMED_AT_NATIVE, _explained_by, _quantization_severity
+from ..classical import cues
+from ..classical.critic import (
+    CONFIRM_FROM,
+    CONFIRMED_AT_NATIVE,
+    _explained_by,
+    _quantization_severity,
+    seam_severity,
+)
 from ..classical.severity import area_weight
 from ..imageio import as_rgb8, check_image_size
 from ..schema import Diagnosis, Region, ToolCall, TraceStep
@@ -46,6 +53,13 @@ NOISE_VETO = 0.0  # texture is not noise: smoothing it away raises a score and l
 # moon's craters, a crowd of small lights), and deblocking it would only soften the photo
 JPEG_VETO = 0.0
 SELF_LOCALIZING = ("noise", "jpeg", "artifact")  # their fixes find the defect inside a box
+# what a soft patch may read as, by the feature its border steps in (``cues.soft_patches``)
+SOFT_KINDS = {
+    "exposure": ("underexposure", "overexposure"),
+    "red-green": ("color_cast",),
+    "blue-green": ("color_cast",),
+    "contrast": ("low_contrast",),
+}
 
 
 @dataclass
@@ -76,6 +90,16 @@ class LearnedConfig:
     # showed 0.09 inside against 0.08 around at native pixels, 0.36 against 0.10 reduced
     wide_edges: float = 2.5
     max_seams: int = 2  # patches found by their borders (classical cue) zoomed on, besides max_zooms
+    # ellipses whose border steps alike all around on a coarse look (``cues.soft_patches``: a
+    # patch pasted through a soft round mask has no straight side for the border reading), read
+    # at native pixels across the border (0: none). One counts where one physically consistent
+    # tone map explains its border, of the kind the stepping feature measures, with the content
+    # running on across it (``soft_continuity``: a flat disk on a busy ground reads as one gain
+    # too), and where the network zoomed on it sees that exposure change; a tint or flattening,
+    # which it never sees surely, where the classical judge reads it inside too (a cup's flat
+    # crema and a cat's smooth fur read as flattened patches by their borders alone)
+    soft_patches: int = 24
+    soft_continuity: float = 0.3
     # a patch read off its border counts on that reading alone; False: only where the network,
     # zoomed on it, sees some tone defect more_inside times more inside than around
     seam_alone: bool = True
@@ -205,8 +229,6 @@ class LearnedAssessor(AssessorBackend):
         much) and what was measured."""
         if not self.config.cues or kind not in ("noise", "jpeg", "overexposure"):
             return sev, ""
-        from ..classical import cues
-
         x0, y0, x1, y1 = (int(v) for v in box)
         region = np.ascontiguousarray(rgb[y0:y1, x0:x1])
         if min(region.shape[:2]) < 32:
@@ -290,6 +312,99 @@ class LearnedAssessor(AssessorBackend):
             zoom,
             numbers,
         )
+
+    def _examine_soft_patch(
+        self, rgb: np.ndarray, patch, look
+    ) -> tuple[Finding | None, Zoom | None, dict, str]:
+        """Read a soft round patch's border at native pixels and, where one tone map explains it,
+        zoom on it: the finding (None where it does not hold), the zoom, the numbers and why not."""
+        cfg = self.config
+        h, w = rgb.shape[:2]
+
+        def read(box):
+            pairs = cues.mirror_pairs(
+                cues.shape_mask((h, w), box, "ellipse"), box, "ellipse", *cues.ELLIPSE_PAIRS
+            )
+            reading = cues.seam_reading(rgb, box, "ellipse", pairs=pairs)
+            return reading, cues.seam_defect(reading) if reading is not None else None
+
+        box = patch.box
+        reading, defect = read(box)
+        if defect is None or defect[0] not in SOFT_KINDS[patch.feature]:
+            return None, None, {}, "no one tone map of its kind explains its border"
+        # the coarse look places the border within a few pixels: fit it at native pixels, where
+        # the steps across the whole border peak exactly on it
+        x0, y0, x1, y1 = box
+        radius = int(max(8, 0.3 * min(x1 - x0, y1 - y0)))
+        m = radius + int(cues.ELLIPSE_PAIRS[1]) + 4
+        cx0, cy0, cx1, cy1 = max(0, x0 - m), max(0, y0 - m), min(w, x1 + m), min(h, y1 + m)
+        f, _, _ = cues._seam_feature(rgb[cy0:cy1, cx0:cx1], patch.feature)
+        fitted, low, _ = cues.fit_ellipse(f, [(x0 - cx0, y0 - cy0, x1 - cx0, y1 - cy0)], patch.sign, radius)
+        if fitted is not None and low > 0:
+            fx0, fy0, fx1, fy1 = fitted
+            refit = (fx0 + cx0, fy0 + cy0, fx1 + cx0, fy1 + cy0)
+            r2, d2 = read(refit)
+            if d2 is not None and d2[0] == defect[0]:
+                box, reading, defect = refit, r2, d2
+        kind, value, why = defect
+        sev = seam_severity(kind, value)
+        numbers = {
+            "reading": [kind, round(float(value), 3), round(sev, 3)],
+            "border_gains": [round(float(g), 3) for g in reading.gains],
+            "continuity": round(reading.continuity, 3),
+        }
+        if reading.continuity < cfg.soft_continuity:
+            return None, None, numbers, f"the content does not run on across it ({reading.continuity:.2f})"
+        if sev < cfg.min_severity:
+            return None, None, numbers, f"too mild ({kind}, severity {sev:.2f})"
+        zoom = self._zoom(rgb, box, cfg.context)
+        if kind in ("color_cast", "low_contrast"):  # the network never sees a tint, nor flattening surely
+            c = self._classical
+            judged = c._judge(
+                c._measure(rgb, box, look),
+                look,
+                box,
+                (box[2] - box[0]) * (box[3] - box[1]) / float(w * h),
+                set(),
+            )
+            numbers["classical"] = [judged.distortion, round(float(judged.severity), 3)]
+            if judged.distortion != kind:
+                return None, zoom, numbers, f"the classical judge reads no {kind.replace('_', ' ')} inside it"
+            seen = f"the classical judge reads {kind.replace('_', ' ')} inside it too"
+        else:
+            seen, more = self._sees_change(zoom, kind)
+            numbers.update(more)
+            if not seen:
+                return (
+                    None,
+                    zoom,
+                    numbers,
+                    f"the network sees no more {kind.replace('_', ' ')} inside than around it",
+                )
+        return Finding(kind, sev, tuple(box), f"{why} (a soft round border); {seen}"), zoom, numbers, ""
+
+    def _sees_change(self, zoom: Zoom, kind: str) -> tuple[str, dict]:
+        """Whether the network, zoomed on a region, shows ``kind`` ``more_inside`` times more inside
+        than around (at ``seen_floor`` at least), or for an exposure change, the opposite one that
+        many times less (a brightened patch of a night sky looks less dark than the sky around it)."""
+        pred = self._see(zoom.image)
+        inside = self._requested_cells(zoom, pred)
+        cfg = self.config
+        opposite = {"underexposure": "overexposure", "overexposure": "underexposure"}.get(kind)
+        kinds = [kind] + ([opposite] if opposite else [])
+        both = {t: self._in_and_around(pred, inside, self.types.index(t)) for t in kinds}
+        numbers = {"network_in_ring": {t: [round(v[0], 3), round(v[1], 3)] for t, v in both.items()}}
+        p_in, p_ring, ratio = both[kind]
+        if p_in >= cfg.seen_floor and ratio >= cfg.more_inside:
+            return (
+                f"the network sees {kind.replace('_', ' ')} {p_in:.2f} inside against {p_ring:.2f} around",
+                numbers,
+            )
+        for t in kinds[1:]:
+            q_in, q_ring, _ = both[t]
+            if q_ring >= cfg.seen_floor and q_ring >= cfg.more_inside * q_in:
+                return f"the network sees {t} {q_ring:.2f} around against {q_in:.2f} inside", numbers
+        return "", numbers
 
     def _tone_change(self, zoom: Zoom) -> tuple[str, dict]:
         """Whether the network, zoomed on a region with its surroundings, sees some tone defect
@@ -730,6 +845,42 @@ class LearnedAssessor(AssessorBackend):
                 continue
             seam_findings.append(f)
             count(f)
+
+        # (c) then the patches with soft round borders, in a sharp image (where the whole image is
+        # soft, every dark object's outline is a soft round border: the cameraman's blurred head)
+        if cfg.cues and cfg.soft_patches and classical_look is not None and "blur" not in global_kinds:
+            for patch in cues.soft_patches(rgb, top=cfg.soft_patches):
+                f, zoom, numbers, why_not = self._examine_soft_patch(rgb, patch, classical_look)
+                if zoom is None:
+                    continue
+                trace.append(
+                    TraceStep(
+                        thought=f"Ellipse {list(patch.box)}: its soft border steps in {patch.feature} "
+                        "alike all around, and the pixels across it read as one tone map. Zoom in: "
+                        "does the change hold up close?",
+                        tool_call=ToolCall(
+                            "crop_zoom",
+                            {
+                                "bbox_2d": list(patch.box),
+                                "context": cfg.context,
+                                "target_size": max(zoom.image.shape[:2]),
+                            },
+                        ),
+                        observation=(
+                            f"Confirmed {f.distortion} (severity {f.severity:.2f}) in {list(f.box)}: {f.reason}."
+                            if f is not None
+                            else f"Rejected: {why_not}."
+                        ),
+                        view=list(zoom.box),
+                        data=numbers,
+                    )
+                )
+                if f is None or any(
+                    _explained_by(f, g) or box_iou(f.box, g.box) >= 0.3 for g in seam_findings
+                ):
+                    continue
+                seam_findings.append(f)
+                count(f)
 
         # (c) then zoom on each of the network's leads
         for _, t, box, sev, frac, reduce in chosen:  # a coarse lead is zoomed at the scale it was seen
