@@ -385,13 +385,13 @@ class LearnedAssessor(AssessorBackend):
 
     def _sees_change(self, zoom: Zoom, kind: str) -> tuple[str, dict]:
         """Whether the network, zoomed on a region, shows ``kind`` ``more_inside`` times more inside
-        than around (at ``seen_floor`` at least), or for an exposure change, the opposite one that
-        many times less (a brightened patch of a night sky looks less dark than the sky around it)."""
+        than around (at ``seen_floor`` at least), or for a brightened patch, underexposure that many
+        times less (a night sky brightened looks less dark than the sky around it; not the other
+        way: a dark blob of a blurred camera looks less bright than the grey sky around it)."""
         pred = self._see(zoom.image)
         inside = self._requested_cells(zoom, pred)
         cfg = self.config
-        opposite = {"underexposure": "overexposure", "overexposure": "underexposure"}.get(kind)
-        kinds = [kind] + ([opposite] if opposite else [])
+        kinds = [kind] + (["underexposure"] if kind == "overexposure" else [])
         both = {t: self._in_and_around(pred, inside, self.types.index(t)) for t in kinds}
         numbers = {"network_in_ring": {t: [round(v[0], 3), round(v[1], 3)] for t, v in both.items()}}
         p_in, p_ring, ratio = both[kind]
