@@ -937,6 +937,35 @@ def fit_ellipse(
     return best_box, best, best_cov
 
 
+def fit_soft_patch(rgb: np.ndarray, patch: SoftPatch) -> tuple[int, int, int, int] | None:
+    """A soft patch's ellipse put on native pixels (``fit_ellipse`` on its own feature, within 30%
+    of its size): the coarse look places the border within a few pixels, the pairs across it
+    must not straddle it. None where no border steps its way."""
+    h, w = rgb.shape[:2]
+    x0, y0, x1, y1 = patch.box
+    radius = int(max(8, 0.3 * min(x1 - x0, y1 - y0)))
+    m = radius + int(ELLIPSE_PAIRS[1]) + 4
+    cx0, cy0, cx1, cy1 = max(0, x0 - m), max(0, y0 - m), min(w, x1 + m), min(h, y1 + m)
+    f, _, _ = _seam_feature(np.ascontiguousarray(rgb[cy0:cy1, cx0:cx1]), patch.feature)
+    fitted, low, _ = fit_ellipse(f, [(x0 - cx0, y0 - cy0, x1 - cx0, y1 - cy0)], patch.sign, radius)
+    if fitted is None or low <= 0:
+        return None
+    return (fitted[0] + cx0, fitted[1] + cy0, fitted[2] + cx0, fitted[3] + cy0)
+
+
+def read_ellipse(rgb: np.ndarray, box: tuple[int, int, int, int]) -> SeamReading | None:
+    """``seam_reading`` of the ellipse inscribed in ``box``, from pairs ``ELLIPSE_PAIRS`` off its
+    border, on a crop around it (the pairs lie within a few pixels of the border)."""
+    h, w = rgb.shape[:2]
+    x0, y0, x1, y1 = (int(v) for v in box)
+    m = int(np.ceil(ELLIPSE_PAIRS[1])) + 3
+    cx0, cy0, cx1, cy1 = max(0, x0 - m), max(0, y0 - m), min(w, x1 + m), min(h, y1 + m)
+    crop = rgb[cy0:cy1, cx0:cx1]
+    local = (x0 - cx0, y0 - cy0, x1 - cx0, y1 - cy0)
+    hard = shape_mask(crop.shape[:2], local, "ellipse")
+    return seam_reading(crop, local, "ellipse", pairs=mirror_pairs(hard, local, "ellipse", *ELLIPSE_PAIRS))
+
+
 def _segment_sum(evidence: np.ndarray, x0, y0, x1, y1) -> np.ndarray:
     """Sums of ``evidence`` over boxes [x0, x1) x [y0, y1) (arrays of boxes), from its integral."""
     ii = cv2.integral(evidence)

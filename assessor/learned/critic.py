@@ -10,7 +10,9 @@ at native resolution (or at the scale it was seen): the network looks again and 
 retypes, grades and re-localizes it; classical cues vote where they are reliable (noise level,
 JPEG quantization and blockiness, clipping, depth of field); patches read off their borders (a
 rectangle whose border steps the same way all around) count on that reading, the network's zoom
-on them recorded beside it (it sees a patch's tone change at best weakly, a tint never); last, the
+on them recorded beside it (it sees a patch's tone change at best weakly, a tint never); ellipses
+whose soft border steps alike all around are fitted and read the same way, and count where the
+network sees their exposure change (the classical judge, their tint or flattening); last, the
 classical critic's own leads, judged by its tile measurements, count where the network zoomed on
 them agrees (a tint or banding on the judge's reading alone). (d) The score follows from the
 whole-image damage (the network's, with the classical measurements of what they measure
@@ -98,7 +100,7 @@ class LearnedConfig:
     # too), and where the network zoomed on it sees that exposure change; a tint or flattening,
     # which it never sees surely, where the classical judge reads it inside too (a cup's flat
     # crema and a cat's smooth fur read as flattened patches by their borders alone)
-    soft_patches: int = 24
+    soft_patches: int = 12
     soft_continuity: float = 0.3
     # a patch read off its border counts on that reading alone; False: only where the network,
     # zoomed on it, sees some tone defect more_inside times more inside than around
@@ -319,33 +321,21 @@ class LearnedAssessor(AssessorBackend):
         """Read a soft round patch's border at native pixels and, where one tone map explains it,
         zoom on it: the finding (None where it does not hold), the zoom, the numbers and why not."""
         cfg = self.config
-        h, w = rgb.shape[:2]
 
         def read(box):
-            pairs = cues.mirror_pairs(
-                cues.shape_mask((h, w), box, "ellipse"), box, "ellipse", *cues.ELLIPSE_PAIRS
-            )
-            reading = cues.seam_reading(rgb, box, "ellipse", pairs=pairs)
+            reading = cues.read_ellipse(rgb, box)
             return reading, cues.seam_defect(reading) if reading is not None else None
 
         box = patch.box
         reading, defect = read(box)
         if defect is None or defect[0] not in SOFT_KINDS[patch.feature]:
             return None, None, {}, "no one tone map of its kind explains its border"
-        # the coarse look places the border within a few pixels: fit it at native pixels, where
-        # the steps across the whole border peak exactly on it
-        x0, y0, x1, y1 = box
-        radius = int(max(8, 0.3 * min(x1 - x0, y1 - y0)))
-        m = radius + int(cues.ELLIPSE_PAIRS[1]) + 4
-        cx0, cy0, cx1, cy1 = max(0, x0 - m), max(0, y0 - m), min(w, x1 + m), min(h, y1 + m)
-        f, _, _ = cues._seam_feature(rgb[cy0:cy1, cx0:cx1], patch.feature)
-        fitted, low, _ = cues.fit_ellipse(f, [(x0 - cx0, y0 - cy0, x1 - cx0, y1 - cy0)], patch.sign, radius)
-        if fitted is not None and low > 0:
-            fx0, fy0, fx1, fy1 = fitted
-            refit = (fx0 + cx0, fy0 + cy0, fx1 + cx0, fy1 + cy0)
-            r2, d2 = read(refit)
+        # fitted at native pixels, where the steps across the whole border peak exactly on it
+        fitted = cues.fit_soft_patch(rgb, patch)
+        if fitted is not None:
+            r2, d2 = read(fitted)
             if d2 is not None and d2[0] == defect[0]:
-                box, reading, defect = refit, r2, d2
+                box, reading, defect = fitted, r2, d2
         kind, value, why = defect
         sev = seam_severity(kind, value)
         numbers = {
@@ -359,16 +349,9 @@ class LearnedAssessor(AssessorBackend):
             return None, None, numbers, f"too mild ({kind}, severity {sev:.2f})"
         zoom = self._zoom(rgb, box, cfg.context)
         if kind in ("color_cast", "low_contrast"):  # the network never sees a tint, nor flattening surely
-            c = self._classical
-            judged = c._judge(
-                c._measure(rgb, box, look),
-                look,
-                box,
-                (box[2] - box[0]) * (box[3] - box[1]) / float(w * h),
-                set(),
-            )
-            numbers["classical"] = [judged.distortion, round(float(judged.severity), 3)]
-            if judged.distortion != kind:
+            judged, more = self._judge_cue_lead(rgb, look, box, set())
+            numbers.update(more)
+            if judged is None or judged.distortion != kind:
                 return None, zoom, numbers, f"the classical judge reads no {kind.replace('_', ' ')} inside it"
             seen = f"the classical judge reads {kind.replace('_', ' ')} inside it too"
         else:
@@ -431,12 +414,11 @@ class LearnedAssessor(AssessorBackend):
         p_ring = float(pred.presence[k][~inside].mean()) if (~inside).sum() >= 4 else 0.0
         return p_in, p_ring, p_in / max(p_ring, 0.02)
 
-    def _judge_cue_lead(self, rgb: np.ndarray, look, cand, exclude: set[str]):
+    def _judge_cue_lead(self, rgb: np.ndarray, look, box, exclude: set[str]):
         """A region the classical cues single out: the classical critic zooms on it and judges it
         tile by tile (type, severity, tightened box). None where nothing of ``cue_kinds`` holds."""
         c = self._classical
         h, w = rgb.shape[:2]
-        box = cand.box
         judged = c._judge(
             c._measure(rgb, box, look),
             look,
@@ -946,7 +928,7 @@ class LearnedAssessor(AssessorBackend):
             )
 
         for cand in leads[: cfg.max_cue_leads]:
-            judged, numbers = self._judge_cue_lead(rgb, classical_look, cand, global_kinds)
+            judged, numbers = self._judge_cue_lead(rgb, classical_look, cand.box, global_kinds)
             f, zoom = None, None
             if judged is None:
                 observation = "Rejected: up close the classical measurements do not hold it."
