@@ -798,29 +798,36 @@ class LearnedAssessor(AssessorBackend):
             k = self.types.index(f.distortion)
             damage[k] = max(damage[k], weight(f))
 
+        def zoom_step(thought: str, box, zoom: Zoom, f: Finding | None, rejected: str, numbers) -> TraceStep:
+            """The trace step of a zoom on a patch: what was asked, where it looked, what held."""
+            return TraceStep(
+                thought=thought,
+                tool_call=ToolCall(
+                    "crop_zoom",
+                    {"bbox_2d": list(box), "context": cfg.context, "target_size": max(zoom.image.shape[:2])},
+                ),
+                observation=(
+                    f"Confirmed {f.distortion} (severity {f.severity:.2f}) in {list(f.box)}: {f.reason}."
+                    if f is not None
+                    else f"Rejected: {rejected}."
+                ),
+                view=list(zoom.box),
+                data=numbers,
+            )
+
         seam_findings: list[Finding] = []
         for seam in seams[: cfg.max_seams]:
             f, zoom, numbers = self._examine_seam(rgb, seam)
             trace.append(
-                TraceStep(
-                    thought=f"Region {list(seam.box)} has a border that steps the same way all around "
+                zoom_step(
+                    f"Region {list(seam.box)} has a border that steps the same way all around "
                     f"(classical reading: {seam.distortion}, severity {seam.severity:.2f}). "
                     "Zoom in with its surroundings: what does the network see there?",
-                    tool_call=ToolCall(
-                        "crop_zoom",
-                        {
-                            "bbox_2d": list(seam.box),
-                            "context": cfg.context,
-                            "target_size": max(zoom.image.shape[:2]),
-                        },
-                    ),
-                    observation=(
-                        f"Confirmed {f.distortion} (severity {f.severity:.2f}) in {list(f.box)}: {f.reason}."
-                        if f is not None
-                        else "Rejected: the network sees no more change inside than around it."
-                    ),
-                    view=list(zoom.box),
-                    data=numbers,
+                    seam.box,
+                    zoom,
+                    f,
+                    "the network sees no more change inside than around it",
+                    numbers,
                 )
             )
             if f is None or any(box_iou(g.box, f.box) >= 0.5 for g in seam_findings):
@@ -836,25 +843,15 @@ class LearnedAssessor(AssessorBackend):
                 if zoom is None:
                     continue
                 trace.append(
-                    TraceStep(
-                        thought=f"Ellipse {list(patch.box)}: its soft border steps in {patch.feature} "
+                    zoom_step(
+                        f"Ellipse {list(patch.box)}: its soft border steps in {patch.feature} "
                         "alike all around, and the pixels across it read as one tone map. Zoom in: "
                         "does the change hold up close?",
-                        tool_call=ToolCall(
-                            "crop_zoom",
-                            {
-                                "bbox_2d": list(patch.box),
-                                "context": cfg.context,
-                                "target_size": max(zoom.image.shape[:2]),
-                            },
-                        ),
-                        observation=(
-                            f"Confirmed {f.distortion} (severity {f.severity:.2f}) in {list(f.box)}: {f.reason}."
-                            if f is not None
-                            else f"Rejected: {why_not}."
-                        ),
-                        view=list(zoom.box),
-                        data=numbers,
+                        patch.box,
+                        zoom,
+                        f,
+                        why_not,
+                        numbers,
                     )
                 )
                 if f is None or any(
