@@ -544,6 +544,22 @@ def test_a_soft_round_patch_is_read_off_its_fitted_border(critic, name, kind, bo
     assert without is None or without.distortion != kind or box_iou(without.bbox, box) < 0.3
 
 
+def test_a_strongly_tinted_soft_patch_counts_on_its_border_reading(critic):
+    # a magenta ellipse over the Grace Hopper photo's face and flag: the network never sees a tint
+    # and the classical judge's tiles miss it; its border reads one strong set of channel gains
+    # with the content running on across it, as a tinted rectangle's does
+    box = (300, 29, 432, 259)
+    rng = np.random.default_rng(0)
+    img = degrade_region(
+        benchdata.load_photo("hopper"), "color_cast", 4, box, rng, shape="ellipse", feather=4.0
+    )
+    d = critic.assess(img.image)
+    assert d.worst.distortion == "color_cast" and box_iou(d.worst.bbox, box) >= 0.8, d.regions
+    assert "strong tint" in d.worst.reason
+    without = load_assessor("learned", device="cpu", soft_patches=0).assess(img.image).worst
+    assert without is None or without.distortion != "color_cast"
+
+
 def test_round_content_is_not_a_soft_patch(critic):
     # coins on a plain ground, a cup's crema, a cat's fur: round outlines step alike all around in
     # places, but no one tone map of the network-seen kind explains them; nor the camera's dark

@@ -99,9 +99,11 @@ class LearnedConfig:
     # running on across it (``soft_continuity``: a flat disk on a busy ground reads as one gain
     # too), and where the network zoomed on it sees that exposure change; a tint or flattening,
     # which it never sees surely, where the classical judge reads it inside too (a cup's flat
-    # crema and a cat's smooth fur read as flattened patches by their borders alone)
+    # crema and a cat's smooth fur read as flattened patches by their borders alone), or a tint
+    # at least ``soft_tint`` strong with the content clearly running on across its border
     soft_patches: int = 12
     soft_continuity: float = 0.3
+    soft_tint: float = 0.35  # a tint this strong (log-chroma shift) counts on its border reading alone
     # a patch read off its border counts on that reading alone; False: only where the network,
     # zoomed on it, sees some tone defect more_inside times more inside than around
     seam_alone: bool = True
@@ -348,7 +350,11 @@ class LearnedAssessor(AssessorBackend):
         if sev < cfg.min_severity:
             return None, None, numbers, f"too mild ({kind}, severity {sev:.2f})"
         zoom = self._zoom(rgb, box, cfg.context)
-        if kind in ("color_cast", "low_contrast"):  # the network never sees a tint, nor flattening surely
+        if kind == "color_cast" and value >= cfg.soft_tint and reading.continuity >= 0.5:
+            # as a tinted rectangle's border reading counts alone: a coloured object's flat inside
+            # does not run on across its outline, a dead-leaves disk's tint is milder (0.23-0.29)
+            seen = "a strong tint with the content running on across its border"
+        elif kind in ("color_cast", "low_contrast"):  # the network never sees a tint, nor flattening surely
             judged, more = self._judge_cue_lead(rgb, look, box, set())
             numbers.update(more)
             if judged is None or judged.distortion != kind:
