@@ -1157,12 +1157,8 @@ def seam_reading(
     dv = (pin[0] - (y0 + y1 - 1) / 2.0) / max(y1 - y0, 1)
     side = np.where(np.abs(du) >= np.abs(dv), np.where(du < 0, 0, 1), np.where(dv < 0, 2, 3))
     contrast = _worst_side(d_in[off] < 0.8 * d_out[off], side[off]) if off.sum() >= 30 else 0.0
-    with np.errstate(invalid="ignore", divide="ignore"):  # a flat side (a rounding-level std)
-        continuity = (
-            float(np.nan_to_num(np.corrcoef(y_in, y_out)[0, 1]))
-            if y_in.std() > 0 and y_out.std() > 0
-            else 0.0
-        )
+    with np.errstate(invalid="ignore", divide="ignore"):  # a flat side has no correlation: 0
+        continuity = float(np.nan_to_num(np.corrcoef(y_in, y_out)[0, 1]))
     return SeamReading(
         gains, spread, _agree(e_step[:, None]), _agree(c_step), contrast, continuity, int(pin[0].size)
     )
