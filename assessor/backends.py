@@ -1,6 +1,7 @@
 """The one interface every critic implements, and the explicit list of critics there are.
 
-Backends are imported lazily: the classical one must not pay for torch at start-up.
+The default critic is ``learned`` (a small trained network whose weights ship in the repo; CPU is
+enough). Backends are imported lazily: ``classical`` must not pay for torch at start-up.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import numpy as np
 
 from .schema import Diagnosis, Region, TraceStep
 
-BACKENDS: tuple[str, ...] = ("classical", "learned", "vlm", "openai", "brisque")
+BACKENDS: tuple[str, ...] = ("learned", "classical", "vlm", "openai", "brisque")
+DEFAULT_BACKEND = "learned"  # ahead of classical on the benchmark figures (README, issue 7)
 
 
 class AssessorBackend:
@@ -64,8 +66,9 @@ class AssessorBackend:
         )
 
 
-def load_assessor(backend: str = "classical", **options: Any) -> AssessorBackend:
-    """Build a critic by name. Options go to the backend's constructor (model path, device, ...)."""
+def load_assessor(backend: str = DEFAULT_BACKEND, **options: Any) -> AssessorBackend:
+    """Build a critic by name (default: learned). Options go to the backend's constructor (model
+    path, device, ...)."""
     if backend == "classical":
         from .classical import ClassicalAssessor
 

@@ -1,6 +1,8 @@
 """Benchmark a critic on degraded versions of the photos shipped in scikit-image / matplotlib.
 
-    python -m assessor.benchmark [--backend classical] [--quick] [--json out.json]
+    python -m assessor.benchmark [--backend learned|classical|...] [--quick] [--json out.json]
+
+The default critic is the learned one, as everywhere; ``--backend classical`` for the weight-free one.
 
 Prints, and checks against the targets of the foundation issue:
   * per-type Spearman between distortion level (0 = clean .. 5) and score, pooled over photos;
@@ -24,7 +26,7 @@ from collections import defaultdict
 import numpy as np
 
 from . import benchdata
-from .backends import BACKENDS, AssessorBackend, load_assessor
+from .backends import BACKENDS, DEFAULT_BACKEND, AssessorBackend, load_assessor
 from .metrics import spearman, ssim
 from .schema import Diagnosis
 
@@ -227,8 +229,10 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--backend", default="classical", choices=BACKENDS)
-    p.add_argument("--model", help="model path or hub id for the vlm/openai backends")
+    p.add_argument(
+        "--backend", default=DEFAULT_BACKEND, choices=BACKENDS, help=f"the critic (default {DEFAULT_BACKEND})"
+    )
+    p.add_argument("--model", help="model path or hub id (vlm/openai), retrained .safetensors (learned)")
     p.add_argument("--quick", action="store_true", help="4 photos, 3 levels: a fast smoke run")
     p.add_argument("--no-timing", action="store_true", help="skip the one-core timing")
     p.add_argument("--seed", type=int, default=0)

@@ -1,4 +1,7 @@
-"""Command line: ``python -m assessor IMG [IMG ...] [--json] [--backend classical] [--annotate DIR]``."""
+"""Command line: ``python -m assessor IMG [IMG ...] [--json] [--backend learned] [--annotate DIR]``.
+
+The default critic is ``learned`` (weights ship in the repo, CPU is enough); ``--backend classical``
+is the weight-free one that never imports torch."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from .backends import BACKENDS
+from .backends import BACKENDS, DEFAULT_BACKEND
 from .imageio import ImageError, load_image, save_image_atomic
 from .schema import Diagnosis
 from .vlm.prompts import PROMPT_STYLES
@@ -20,6 +23,7 @@ examples:
   python -m assessor photo.png                      readable table: score and regions
   python -m assessor *.png --json > diagnoses.jsonl  one JSON object per line per image
   python -m assessor photo.png --annotate out/       also write out/photo.annotated.png
+  python -m assessor *.png --backend classical       the weight-free critic: no torch import
   python -m assessor photo.png --backend vlm --model Qwen/Qwen2.5-VL-7B-Instruct
   python -m assessor photo.png --backend vlm --model TianheWu/VisualQuality-R1-7B --prompt-style visualquality-r1
   python -m assessor *.png --backend openai --base-url http://localhost:8000/v1 --json
@@ -34,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m assessor",
         description="Look at images like a careful critic: a score from 1 (bad) to 5 (excellent), "
         "and where and why quality drops (typed regions with severity), with the trace of what was "
-        "looked at. The default 'classical' backend needs no weights and no GPU.",
+        "looked at. The default 'learned' backend (a small trained network; its weights ship with "
+        "the package) needs no GPU; 'classical' needs no weights and does not import torch.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -43,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print one JSON object per line per image instead of a table"
     )
     p.add_argument(
-        "--backend", default="classical", choices=BACKENDS, help="which critic to use (default: classical)"
+        "--backend",
+        default=DEFAULT_BACKEND,
+        choices=BACKENDS,
+        help=f"which critic to use (default: {DEFAULT_BACKEND}; classical: no weights, no torch)",
     )
     p.add_argument("--annotate", metavar="DIR", help="write each image with its regions drawn on it into DIR")
     p.add_argument("--no-trace", action="store_true", help="leave the trace out of the JSON output")
@@ -132,7 +140,7 @@ OPENAI_ARGS = ("api_key", "concurrency", "timeout", "retries")
 def backend_options(args: argparse.Namespace) -> dict:
     """The keyword options of the chosen backend that were given on the command line."""
     keys = ["model", "device", "dtype", "base_url"]
-    backend = getattr(args, "backend", "classical")
+    backend = getattr(args, "backend", DEFAULT_BACKEND)
     if backend in ("vlm", "openai"):
         keys += [*LOOP_ARGS, "min_pixels", "max_pixels"]
         keys += list(VLM_ARGS) if backend == "vlm" else list(OPENAI_ARGS)

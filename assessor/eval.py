@@ -2,8 +2,9 @@
 
 The same numbers as the IQA papers report: SRCC (Spearman), PLCC (Pearson) on the raw scores
 and PLCC after the usual 4-parameter logistic mapping of the scores onto the MOS, per dataset,
-as a table and as JSON. Any backend: the weight-free classical critic, a public checkpoint or a
-trained one on the vlm backend, or a model behind an OpenAI-compatible server.
+as a table and as JSON. Any backend: the learned critic (the default; shipped weights), the
+weight-free classical critic, a public checkpoint or a trained one on the vlm backend, or a model
+behind an OpenAI-compatible server.
 
 ``--benchmark-photos`` evaluates on photos that ship with scikit-image and matplotlib, degraded
 by the project's own recipe (``assessor.degrade``: 8 distortion types at levels 1..5, plus the
@@ -29,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends import BACKENDS, load_assessor
+from .backends import BACKENDS, DEFAULT_BACKEND, load_assessor
 from .metrics import pearson, plcc_logistic, spearman, ssim
 
 PSEUDO_MOS = ("level", "ssim")
@@ -247,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  layouts: koniq, spaq, kadid, livec, pipal, agiqa3k, csiq, folder (a CSV/JSON of image,mos)\n"
             "  each dataset's MOS is mapped to 1..5 (table in assessor/train/data.py); SRCC does not care.\n"
             "examples:\n"
+            "  python -m assessor.eval --benchmark-photos                     (the learned critic)\n"
             "  python -m assessor.eval --benchmark-photos --backend classical\n"
             "  python -m assessor.eval --backend vlm --model runs/koniq/final/merged \\\n"
             "      --dataset koniq=/data/koniq10k,split=test --dataset spaq=/data/SPAQ --json results.json\n"
@@ -272,7 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--types", default=None, help="benchmark distortion types, comma-separated (default: all)"
     )
-    parser.add_argument("--backend", choices=BACKENDS, default="classical")
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default=DEFAULT_BACKEND, help=f"the critic (default {DEFAULT_BACKEND})"
+    )
     parser.add_argument(
         "--model", default=None, help="model folder or hub id (vlm), served model name (openai)"
     )

@@ -10,7 +10,7 @@ from .tensors import dump_diagnoses, image_batch_to_rgb8, masks_to_tensor, regio
 CATEGORY = "Q-DeepSight"
 ASSESSOR = "QDS_ASSESSOR"  # an assessor.AssessorBackend, shared by the assess and refine nodes
 
-BACKEND_NAMES = ["classical", "learned", "vlm", "openai"]
+BACKEND_NAMES = ["learned", "classical", "vlm", "openai"]  # the first is the default
 DEVICES = ["auto", "cuda", "cpu", "mps"]
 DTYPES = ["auto", "bfloat16", "float16", "float32"]
 
@@ -56,17 +56,19 @@ class LoadQDeepSightAssessor:
                 "backend": (
                     BACKEND_NAMES,
                     {
-                        "default": "classical",
-                        "tooltip": "classical: fast, no weights, built in. learned: a small trained network "
-                        "(weights ship with the pack; not better than classical yet). vlm: the Q-DeepSight "
-                        "vision-language critic (needs a model). openai: the same critic served by "
-                        "vLLM/SGLang at base_url.",
+                        "default": "learned",
+                        "tooltip": "learned (default): a small trained network as the critic's eyes, with "
+                        "the classical cues' votes (weights ship with the pack; runs on CPU or GPU). "
+                        "classical: hand-made cues only, no weights, no torch, about twice as fast. vlm: "
+                        "the Q-DeepSight vision-language critic (needs a model). openai: the same critic "
+                        "served by vLLM/SGLang at base_url.",
                     },
                 ),
                 "model": (
                     model_paths.vlm_model_choices(),
                     {
-                        "tooltip": "A model folder from models/qdeepsight (or models/LLM, models/VLM). Ignored by classical."
+                        "tooltip": "A model folder from models/qdeepsight (or models/LLM, models/VLM), for "
+                        "vlm and openai. Ignored by learned and classical."
                     },
                 ),
                 "model_path_or_id": (

@@ -1,6 +1,9 @@
 """Benchmark the PiG loop on degraded versions of the photos shipped in scikit-image / matplotlib.
 
-    python -m pig.benchmark [--quick] [--json out.json] [--backend classical] [--refiner classical]
+    python -m pig.benchmark [--quick] [--json out.json] [--backend learned] [--refiner classical]
+
+The default critic is the learned one (``--backend classical`` for the weight-free one), the
+default refiner the classical OpenCV fixes.
 
 Prints, and checks against the targets of the PiG issue:
   * locally degraded photos (one region of one distortion, levels 3-5): PSNR to the clean photo
@@ -25,7 +28,7 @@ import cv2
 import numpy as np
 
 from assessor import benchdata
-from assessor.backends import BACKENDS, load_assessor
+from assessor.backends import BACKENDS, DEFAULT_BACKEND, load_assessor
 from assessor.metrics import psnr, ssim
 from assessor.schema import Diagnosis, Region
 from assessor.zoom import box_intersection
@@ -240,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--quick", action="store_true", help="4 photos, fewer cases: a smoke run of about a minute"
     )
-    p.add_argument("--backend", default="classical", choices=BACKENDS, help="the critic (default classical)")
+    p.add_argument(
+        "--backend", default=DEFAULT_BACKEND, choices=BACKENDS, help=f"the critic (default {DEFAULT_BACKEND})"
+    )
     p.add_argument("--refiner", default="classical", choices=REFINERS)
     p.add_argument("--sdxl", help="model for --refiner sdxl")
     p.add_argument("--max-iters", type=int, default=4)

@@ -1,6 +1,8 @@
 """Command line: ``python -m pig.run IMG [-o OUT] [--report R.json] [--sheet S.png] ...``.
 
-Assess, fix exactly the diagnosed places, re-assess, keep only what raises the score.
+Assess, fix exactly the diagnosed places, re-assess, keep only what raises the score. The default
+critic is the learned one (its weights ship in the repo, CPU is enough), the default refiner the
+classical OpenCV fixes: no downloads, no GPU.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from pathlib import Path
 
 EXAMPLES = """\
 examples:
-  python -m pig.run photo.png                          classical fixes, writes photo.pig.png
+  python -m pig.run photo.png                          learned critic, classical fixes: photo.pig.png
+  python -m pig.run photo.png --backend classical      the weight-free critic: no torch import
   python -m pig.run photo.png -o out.png --report r.json --sheet sheet.png
   python -m pig.run photo.png --mask hands.png --mask-mode replace
   python -m pig.run photo.png --refiner sdxl --sdxl stabilityai/stable-diffusion-xl-base-1.0 \\
@@ -33,15 +36,16 @@ refined, 2 bad arguments, or a model / refiner / device that cannot be loaded.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from assessor.backends import BACKENDS
+    from assessor.backends import BACKENDS, DEFAULT_BACKEND
 
     from .refiners import REFINERS
 
     p = argparse.ArgumentParser(
         prog="python -m pig.run",
-        description="PiG (Perceptual-in-Generation): a critic diagnoses the image (score 1-5 and typed "
-        "regions), the refiner fixes exactly those places (classical OpenCV fixes by default, or SDXL "
-        "inpainting), the critic looks again, and only changes that raise the score are kept.",
+        description="PiG (Perceptual-in-Generation): a critic (the learned one by default) diagnoses the "
+        "image (score 1-5 and typed regions), the refiner fixes exactly those places (classical OpenCV "
+        "fixes by default, or SDXL inpainting), the critic looks again, and only changes that raise the "
+        "score are kept.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -76,9 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-round lines")
     g = p.add_argument_group("critic")
     g.add_argument(
-        "--backend", default="classical", choices=BACKENDS, help="which critic (default classical)"
+        "--backend",
+        default=DEFAULT_BACKEND,
+        choices=BACKENDS,
+        help=f"which critic (default {DEFAULT_BACKEND}; classical: no weights, no torch import)",
     )
-    g.add_argument("--critic-model", help="model path or hub id for the vlm critic, served name for openai")
+    g.add_argument(
+        "--critic-model",
+        help="model path or hub id for the vlm critic, served name for openai, retrained .safetensors "
+        "for learned (default: the shipped weights)",
+    )
     g.add_argument("--base-url", help="OpenAI-compatible server URL for the openai critic")
     s = p.add_argument_group("sdxl refiner")
     s.add_argument(
@@ -279,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             report = {
                 "image": str(src),
                 "output": str(out_path),
+                "backend": args.backend,
                 "refiner": refiner_name,
                 **result.to_report(),
             }

@@ -46,8 +46,13 @@ def images(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
-def test_json_lines_one_per_image_in_order(images):
-    out = run(str(images["noisy"]), str(images["clean"]), "--json")
+@pytest.mark.parametrize(
+    "backend_args,backend",
+    [((), "learned"), (("--backend", "classical"), "classical")],
+    ids=["default-learned", "classical"],
+)
+def test_json_lines_one_per_image_in_order(images, backend_args, backend):
+    out = run(str(images["noisy"]), str(images["clean"]), "--json", *backend_args)
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     assert [x["image"] for x in lines] == [str(images["noisy"]), str(images["clean"])]
@@ -57,7 +62,33 @@ def test_json_lines_one_per_image_in_order(images):
     assert {"bbox", "distortion", "severity", "reason"} <= set(noisy["regions"][0])
     assert noisy["trace"][0]["view"] == [0, 0, 512, 512]
     assert any(step["tool_call"] and step["tool_call"]["name"] == "crop_zoom" for step in noisy["trace"])
-    assert noisy["backend"] == "classical" and noisy["image_size"] == [512, 512]
+    assert noisy["backend"] == backend and noisy["image_size"] == [512, 512]
+    assert clean["backend"] == backend
+    x0, y0, x1, y1 = noisy["regions"][0]["bbox"]  # the worst region covers the degraded box's centre
+    assert 0 <= x0 < 350 < x1 <= 512 and 0 <= y0 < 120 < y1 <= 512
+    assert all(1.0 <= d["score"] <= 5.0 for d in lines) and 0.5 < noisy["regions"][0]["severity"] <= 1.0
+
+
+def test_default_backend_is_learned_and_classical_stays_torch_free(images):
+    """The default critic is the learned one (issue 7: it beats classical on every benchmark figure);
+    classical is still there by name, and still never imports torch."""
+    from assessor.backends import BACKENDS, DEFAULT_BACKEND
+    from assessor.cli import build_parser
+
+    assert DEFAULT_BACKEND == "learned" and BACKENDS[0] == "learned" and "classical" in BACKENDS
+    assert build_parser().parse_args(["x.png"]).backend == "learned"
+    assert build_parser().parse_args(["x.png", "--backend", "classical"]).backend == "classical"
+    out = run("--help")
+    assert "default: learned" in out.stdout
+    code = (
+        "import sys; from assessor.cli import main; "
+        f"rc = main([{str(images['noisy'])!r}, '--backend', 'classical', '--json', '--no-trace']); "
+        "print('torch' in sys.modules, rc, file=sys.stderr)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.stderr.strip().splitlines()[-1] == "False 0", res.stderr
+    diagnosis = json.loads(res.stdout)
+    assert diagnosis["backend"] == "classical" and diagnosis["regions"][0]["distortion"] == "noise"
 
 
 def test_table_and_no_trace(images):

@@ -23,7 +23,12 @@ from assessor.schema import Diagnosis, Region
 from comfy_nodes import model_paths
 from comfy_nodes.comfy_refiner import ComfySamplerRefiner, SamplerSettings, is_inpaint_model, region_denoise
 from comfy_nodes.hooks import RoundProgress, interrupt_check
-from comfy_nodes.nodes_assess import AssessImageQuality, LoadQDeepSightAssessor, assessor_options
+from comfy_nodes.nodes_assess import (
+    BACKEND_NAMES,
+    AssessImageQuality,
+    LoadQDeepSightAssessor,
+    assessor_options,
+)
 from comfy_nodes.nodes_pig import (
     PiGPlan,
     PiGRefineClassical,
@@ -57,6 +62,13 @@ def sample_rgb() -> np.ndarray:
 @pytest.fixture(scope="module")
 def classical():
     return LoadQDeepSightAssessor().load("classical", model_paths.NO_MODEL, "", "auto", "auto", "")[0]
+
+
+@pytest.fixture(scope="module")
+def learned():
+    critic = LoadQDeepSightAssessor().load("learned", model_paths.NO_MODEL, "", "cpu", "auto", "")[0]
+    yield critic
+    critic.close()
 
 
 def as_image(rgb: np.ndarray) -> torch.Tensor:
@@ -224,6 +236,31 @@ def test_pack_registration_loads_no_model_library():
     assert out.stdout.split() == [str(len(comfy_nodes.NODE_CLASS_MAPPINGS)), "[]", "False"]
 
 
+def test_load_assessor_node_defaults_to_the_learned_critic(sample_rgb):
+    """The node's default backend is the learned critic (the CLI's default too); classical stays."""
+    from assessor.backends import DEFAULT_BACKEND
+
+    spec = LoadQDeepSightAssessor.INPUT_TYPES()["required"]
+    names, options = spec["backend"]
+    assert options["default"] == "learned" == DEFAULT_BACKEND and names == BACKEND_NAMES
+    assert names[0] == "learned" and "classical" in names
+    assert "not better than classical" not in options["tooltip"]
+    # what a freshly placed node holds: each widget's default, or a list's first entry
+    defaults = {
+        key: value[1]["default"] if "default" in value[1] else value[0][0] for key, value in spec.items()
+    }
+    (critic,) = LoadQDeepSightAssessor().load(**{**defaults, "device": "cpu"})
+    try:
+        d = critic.assess(sample_rgb)
+    finally:
+        critic.close()
+    assert d.backend == "learned" and 1.0 <= d.score <= 5.0
+    assert d.regions and all(
+        0 <= r.bbox[0] < r.bbox[2] <= 512 and 0 <= r.bbox[1] < r.bbox[3] <= 512 for r in d.regions
+    )
+    assert {r.distortion for r in d.regions} >= {"noise"}  # the sample's noisy patch
+
+
 def test_assessor_options_per_backend():
     assert assessor_options("classical", None, "cuda", "float16", "") == {}
     assert assessor_options("learned", None, "auto", "auto", "") == {}
@@ -339,9 +376,13 @@ def test_plan_node_masks_prompts_and_user_mask(sample_rgb, classical):
     assert float(narrowed[0][user[0] == 0].max()) == 0.0 and float(narrowed.max()) == 1.0
 
 
-def test_refine_classical_node_changes_only_planned_places_and_never_lowers_the_score(sample_rgb, classical):
+@pytest.mark.parametrize("critic", ["learned", "classical"])
+def test_refine_classical_node_changes_only_planned_places_and_never_lowers_the_score(
+    sample_rgb, critic, request
+):
     image = as_image(sample_rgb)
-    out, score, history, report = PiGRefineClassical().refine(image, classical, 0, 3, 1, 0.05, 0.15)
+    critic = request.getfixturevalue(critic)
+    out, score, history, report = PiGRefineClassical().refine(image, critic, 0, 3, 1, 0.05, 0.15)
     data = json.loads(report)
     assert out.shape == image.shape and out.dtype == torch.float32
     assert score == pytest.approx(data["final_score"], abs=1e-4)

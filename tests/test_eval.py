@@ -1,5 +1,6 @@
 """``python -m assessor.eval``: SRCC/PLCC (raw and after the 4-parameter logistic) per dataset,
-on the classical backend, on the shipped-photo benchmark and on the VLM backend."""
+on the classical backend, on the shipped-photo benchmark (the default, learned critic) and on the
+VLM backend."""
 
 from __future__ import annotations
 
@@ -105,6 +106,7 @@ def test_eval_cli_benchmark_photos_and_errors():
         "--benchmark-photos", "--photos", "astronaut,coffee", "--types", "blur,jpeg", "--json", "-", "--quiet"
     )
     assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["backend"] == "learned"  # the default critic
     d = json.loads(p.stdout)["datasets"][0]
     assert d["dataset"] == "benchmark-photos (level)" and d["n"] == 2 * (1 + 2 * 5)
     assert d["srcc"] > 0.8 and d["plcc"] > 0.7

@@ -44,6 +44,9 @@ def test_report_and_sheet(sample, tmp_path):
     rep = json.loads(report.read_text())
     for key in ("initial_score", "final_score", "iterations", "stop_reason", "history", "image", "output"):
         assert key in rep
+    # the default critic is the learned one, the default refiner the classical fixes
+    assert rep["backend"] == rep["initial"]["backend"] == rep["final"]["backend"] == "learned"
+    assert rep["refiner"] == "classical"
     assert rep["final_score"] > rep["initial_score"]
     assert rep["iterations"] == len(rep["history"]) >= 1
     first = rep["history"][0]
@@ -53,6 +56,29 @@ def test_report_and_sheet(sample, tmp_path):
     assert sw > 3 * w * min(1.0, 512 / h) and sh > min(h, 512)
     # nothing left behind: no temporary files
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_classical_critic_by_name_improves_the_sample_without_torch(sample, tmp_path):
+    """--backend classical: the weight-free critic is still there, and still never imports torch."""
+    out, report = tmp_path / "o.png", tmp_path / "r.json"
+    code = (
+        "import sys; from pig.run import main; "
+        f"rc = main([{str(sample)!r}, '-o', {str(out)!r}, '--report', {str(report)!r}, "
+        "'--backend', 'classical', '--quiet']); "
+        "print('torch' in sys.modules, rc, file=sys.stderr)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120
+    )
+    assert res.stderr.strip().splitlines()[-1] == "False 0", res.stderr
+    rep = json.loads(report.read_text())
+    assert rep["backend"] == rep["initial"]["backend"] == "classical" and rep["refiner"] == "classical"
+    assert rep["final_score"] > rep["initial_score"] and rep["accepted"] >= 1
+    kinds = {r["distortion"] for r in rep["initial"]["regions"]}
+    assert {"noise", "jpeg"} <= kinds  # the sample's two local defects
+    result = np.asarray(Image.open(out).convert("RGB"))
+    assert not np.array_equal(result, np.asarray(Image.open(sample).convert("RGB")))
 
 
 def test_never_overwrites_the_input(sample, capsys):
