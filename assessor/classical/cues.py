@@ -893,9 +893,15 @@ def fit_ellipse(
     box, the lower quartile of its steps and the share of border pairs that step its way."""
     h, w = f.shape
     near, far = ELLIPSE_PAIRS
+    scored: dict[tuple, tuple[float, float]] = {}  # the descent comes back to boxes it has seen
 
     def score(b) -> tuple[float, float]:
-        x0, y0, x1, y1 = b
+        key = tuple(b)
+        if key not in scored:
+            scored[key] = _score(*key)
+        return scored[key]
+
+    def _score(x0, y0, x1, y1) -> tuple[float, float]:
         if x1 - x0 < 16 or y1 - y0 < 16:
             return -np.inf, 0.0
         # a crop around the box keeps each evaluation to the border's own pixels
@@ -982,7 +988,24 @@ def mirror_pairs(hard: np.ndarray, box, shape: str, near: float = 2.0, far: floa
     x0, y0, x1, y1 = box
     cx, cy = (x0 + x1 - 1) / 2.0, (y0 + y1 - 1) / 2.0
     hx, hy = max((x1 - x0) / 2.0, 1.0), max((y1 - y0) / 2.0, 1.0)
-    ys, xs = np.nonzero(hard)
+    # a pixel at normalised radius r lies at least (1 - r) min(hx, hy) from the border: the shape
+    # scaled by r0 holds none within ``far`` of it (3 px spare for rasterizing), so only the band
+    # around the border is searched
+    r0 = 1.0 - (far + 3.0) / min(hx, hy)
+    if r0 > 0.25:
+        inner = shape_mask(
+            hard.shape,
+            (
+                round(cx + 0.5 - r0 * hx),
+                round(cy + 0.5 - r0 * hy),
+                round(cx + 0.5 + r0 * hx),
+                round(cy + 0.5 + r0 * hy),
+            ),
+            shape,
+        )
+        ys, xs = np.nonzero(hard & ~inner)
+    else:
+        ys, xs = np.nonzero(hard)
     u, v = (xs - cx) / hx, (ys - cy) / hy
     r = np.maximum(np.abs(u), np.abs(v)) if shape == "rect" else np.hypot(u, v)
     # distance to the border in pixels, approximately
