@@ -351,6 +351,8 @@ def test_a_feathered_ellipse_is_found_by_its_soft_border(kind, feature, sign):
     x0, y0, x1, y1 = best.box
     off = replace(best, box=(x0 + 12, y0 - 8, x1 + 12, y1 - 8))
     assert box_iou(cues.fit_soft_patch(d.image, off), d.box) >= 0.8
+    # ... and so does the fit on a reduced look, where the border steps its way all around
+    assert box_iou(cues.fit_soft_patch(d.image, off, long_side=384, min_coverage=0.9), d.box) >= 0.8
 
 
 def test_no_soft_patch_on_a_smooth_gradient():

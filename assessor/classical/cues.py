@@ -13,7 +13,7 @@ reduced image) and for every zoom (on native pixels). No torch here: this path m
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -943,18 +943,37 @@ def fit_ellipse(
     return best_box, best, best_cov
 
 
-def fit_soft_patch(rgb: np.ndarray, patch: SoftPatch) -> tuple[int, int, int, int] | None:
-    """A soft patch's ellipse put on native pixels (``fit_ellipse`` on its own feature, within 30%
-    of its size): the coarse look places the border within a few pixels, the pairs across it
-    must not straddle it. None where no border steps its way."""
+def fit_soft_patch(
+    rgb: np.ndarray,
+    patch: SoftPatch,
+    long_side: int | None = None,
+    radius: int | None = None,
+    min_coverage: float = 0.0,
+) -> tuple[int, int, int, int] | None:
+    """A soft patch's ellipse put where the steps across its whole border peak (``fit_ellipse`` on
+    its own feature; the sides move within ``radius``, default 30% of its size): the coarse look
+    places the border within a few pixels, the pairs across it must not straddle it. With
+    ``long_side``, fitted on the image reduced to it (cheaper, and a look pixel there is a pixel
+    of the fit); in the image's pixels either way. None where no border steps its way, or where
+    fewer than ``min_coverage`` of the pairs across the fitted border step its way (a patch steps
+    all along its border, an object's outline along most of it)."""
     h, w = rgb.shape[:2]
+    s = 1.0 if long_side is None else min(1.0, long_side / float(max(h, w)))
+    if s < 1.0:
+        size = (max(16, round(w * s)), max(16, round(h * s)))
+        small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        s = size[0] / float(w)
+        box = tuple(int(round(v * s)) for v in patch.box)
+        fitted = fit_soft_patch(small, replace(patch, box=box), radius=radius, min_coverage=min_coverage)
+        return None if fitted is None else tuple(int(round(v / s)) for v in fitted)
     x0, y0, x1, y1 = patch.box
-    radius = int(max(8, 0.3 * min(x1 - x0, y1 - y0)))
+    if radius is None:
+        radius = int(max(8, 0.3 * min(x1 - x0, y1 - y0)))
     m = radius + int(ELLIPSE_PAIRS[1]) + 4
     cx0, cy0, cx1, cy1 = max(0, x0 - m), max(0, y0 - m), min(w, x1 + m), min(h, y1 + m)
     f, _, _ = _seam_feature(np.ascontiguousarray(rgb[cy0:cy1, cx0:cx1]), patch.feature)
-    fitted, low, _ = fit_ellipse(f, [(x0 - cx0, y0 - cy0, x1 - cx0, y1 - cy0)], patch.sign, radius)
-    if fitted is None or low <= 0:
+    fitted, low, coverage = fit_ellipse(f, [(x0 - cx0, y0 - cy0, x1 - cx0, y1 - cy0)], patch.sign, radius)
+    if fitted is None or low <= 0 or coverage < min_coverage:
         return None
     return (fitted[0] + cx0, fitted[1] + cy0, fitted[2] + cx0, fitted[3] + cy0)
 
@@ -1102,6 +1121,11 @@ class SeamReading:
     contrast_coverage: float
     continuity: float  # correlation of luminance inside and outside: content running across
     pairs: int
+
+    @property
+    def light(self) -> float:
+        """The gain in luminance (linear light) the channel gains make."""
+        return float(self.gains @ _LUMA_LINEAR)
 
 
 def _worst_side(ok: np.ndarray, side: np.ndarray, min_pairs: int = 20) -> float:

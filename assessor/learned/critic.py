@@ -104,6 +104,16 @@ class LearnedConfig:
     soft_patches: int = 12
     soft_continuity: float = 0.3
     soft_tint: float = 0.35  # a tint this strong (log-chroma shift) counts on its border reading alone
+    # a candidate whose coarse border does not read is fitted on a look of this long side first
+    # (0: not), and kept where at least soft_fit_coverage of the pairs across the fitted border
+    # step its way: a pasted patch steps all along its border (0.91-0.96 of the pairs), an
+    # object's outline along most of it (the cat's fur 0.84-0.87, the cameraman's coat 0.75-0.78)
+    soft_fit_look: int = 384
+    soft_fit_coverage: float = 0.9
+    # a tint that also darkens or brightens its patch by more than this is an object's colour (a
+    # brown drink in a white cup: 0.62, the cat's orange fur on grey: 0.69-0.74); the
+    # vocabulary's strongest casts scale the light by 0.82 (magenta) to 1.24 (green)
+    soft_tint_light: float = 1.3
     # a patch read off its border counts on that reading alone; False: only where the network,
     # zoomed on it, sees some tone defect more_inside times more inside than around
     seam_alone: bool = True
@@ -330,10 +340,20 @@ class LearnedAssessor(AssessorBackend):
 
         box = patch.box
         reading, defect = read(box)
+        if (defect is None or defect[0] not in SOFT_KINDS[patch.feature]) and cfg.soft_fit_look:
+            # the coarse look's border is a few native pixels off, the pairs read straddle it:
+            # fitted on a reduced look first, its sides within 8 pixels there (two pixels of the
+            # 96 px search look at 384; further, they reach an object's outline nearby)
+            box = cues.fit_soft_patch(
+                rgb, patch, long_side=cfg.soft_fit_look, radius=8, min_coverage=cfg.soft_fit_coverage
+            )
+            if box is None:
+                return None, None, {}, "no border steps its way"
+            reading, defect = read(box)
         if defect is None or defect[0] not in SOFT_KINDS[patch.feature]:
             return None, None, {}, "no one tone map of its kind explains its border"
         # fitted at native pixels, where the steps across the whole border peak exactly on it
-        fitted = cues.fit_soft_patch(rgb, patch)
+        fitted = cues.fit_soft_patch(rgb, replace(patch, box=box))
         if fitted is not None:
             r2, d2 = read(fitted)
             if d2 is not None and d2[0] == defect[0]:
@@ -349,6 +369,13 @@ class LearnedAssessor(AssessorBackend):
             return None, None, numbers, f"the content does not run on across it ({reading.continuity:.2f})"
         if sev < cfg.min_severity:
             return None, None, numbers, f"too mild ({kind}, severity {sev:.2f})"
+        if kind == "color_cast" and abs(np.log(reading.light)) > np.log(cfg.soft_tint_light):
+            return (
+                None,
+                None,
+                numbers,
+                f"a tint that scales the light by {reading.light:.2f} is an object's colour",
+            )
         zoom = self._zoom(rgb, box, cfg.context)
         if kind == "color_cast" and value >= cfg.soft_tint and reading.continuity >= 0.5:
             # as a tinted rectangle's border reading counts alone: a coloured object's flat inside
