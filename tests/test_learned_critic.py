@@ -12,6 +12,7 @@ from PIL import Image
 from assessor import benchdata, load_assessor
 from assessor.backends import BACKENDS
 from assessor.degrade import apply_distortion, degrade_region
+from assessor.imageio import load_image
 from assessor.schema import Diagnosis
 from assessor.zoom import box_iou
 
@@ -591,6 +592,16 @@ def test_a_tint_that_darkens_its_patch_is_an_objects_colour(critic):
     assert (
         drink.distortion == "color_cast" and box_iou(drink.bbox, box) < 0.1 and "soft round" in drink.reason
     )
+
+
+def test_grain_the_judge_boxes_again_past_a_counted_box_widens_it(critic):
+    # the README sample's noisy ellipse: a classical lead re-read as grain boxes its left part, more
+    # severely than the classical noise lead boxing all of it; counted as one grain, the region
+    # spans both (before, the whole patch was "already counted", and PiG left a noisy strip)
+    sample = load_image(Path(__file__).parents[1] / "assessor" / "samples" / "sample.png").rgb
+    d = critic.assess(sample)
+    (noise,) = [r for r in d.regions if r.distortion == "noise"]
+    assert noise.bbox == [256, 32, 448, 224] and noise.severity >= 0.9
 
 
 def test_round_content_is_not_a_soft_patch(critic):

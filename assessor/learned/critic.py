@@ -948,9 +948,15 @@ class LearnedAssessor(AssessorBackend):
             ]
 
         def known(g) -> bool:
-            """Already counted: the whole image's kind, the same region at least as severe, or a
-            patch's tone map."""
+            """Already counted: the whole image's kind, the same region at least as severe (unless
+            grain, blocks or banding the judge boxed again reach past its box: ``count`` keeps both
+            boxes' extent), or a patch's tone map."""
             i = same(g)
+            if i is not None and g.distortion in SELF_LOCALIZING and findings[i].judged:
+                x0, y0, x1, y1 = findings[i].box
+                gx0, gy0, gx1, gy1 = g.box
+                if gx0 < x0 or gy0 < y0 or gx1 > x1 or gy1 > y1:
+                    i = None
             return (
                 g.distortion in global_kinds
                 or (i is not None and findings[i].severity >= g.severity)
