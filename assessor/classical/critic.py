@@ -210,11 +210,7 @@ class ClassicalAssessor(AssessorBackend):
         cfg = self.config
         h, w = rgb.shape[:2]
         scale = min(1.0, cfg.look_size / float(max(h, w)))
-        if scale < 1.0:
-            size = (max(1, round(w * scale)), max(1, round(h * scale)))
-            look = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-        else:
-            look = rgb
+        look = cues.reduce_to(rgb, cfg.look_size, min_side=1)
         tile = _tile_for(look.shape[0], look.shape[1], cfg.tile)
         y_native = cues.luminance(rgb)
         native_tile = _tile_for(h, w, 64 if scale < 1.0 else 32)

@@ -656,6 +656,17 @@ def cast_strength(light: np.ndarray) -> float:
     return float(light.max() / max(light.min(), 1e-6) - 1.0)
 
 
+def reduce_to(rgb: np.ndarray, long_side: int, min_side: int = 16) -> np.ndarray:
+    """``rgb`` area-averaged down to ``long_side`` pixels on its long side (each side at least
+    ``min_side``), or as it is where it is no larger: the reduced looks the critics measure on."""
+    h, w = rgb.shape[:2]
+    s = long_side / float(max(h, w))
+    if s >= 1.0:
+        return rgb
+    size = (max(min_side, round(w * s)), max(min_side, round(h * s)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+
+
 # ----------------------------------------------------------------------------- seams
 SEAM_FEATURES = ("exposure", "red-green", "blue-green", "contrast")
 TONE_KINDS = ("underexposure", "overexposure", "low_contrast", "color_cast")  # what a seam can be
@@ -805,8 +816,7 @@ def soft_patches(
     spread ranks a patch's constant step first, and ``seam_reading`` judges each at native pixels."""
     h, w = rgb.shape[:2]
     s = min(1.0, long_side / float(max(h, w)))
-    sw, sh = max(16, round(w * s)), max(16, round(h * s))
-    small = cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA) if s < 1.0 else rgb
+    small = reduce_to(rgb, long_side)
     sw, sh = small.shape[1], small.shape[0]
     lin = _LINEAR[small]
     theta = np.arange(angles) * 2.0 * np.pi / angles
@@ -892,7 +902,6 @@ def fit_ellipse(
     sides to snap to; the steps across its whole border still peak exactly on it. Returns the
     box, the lower quartile of its steps and the share of border pairs that step its way."""
     h, w = f.shape
-    near, far = ELLIPSE_PAIRS
     scored: dict[tuple, tuple[float, float]] = {}  # the descent comes back to boxes it has seen
 
     def score(b) -> tuple[float, float]:
@@ -904,12 +913,9 @@ def fit_ellipse(
     def _score(x0, y0, x1, y1) -> tuple[float, float]:
         if x1 - x0 < 16 or y1 - y0 < 16:
             return -np.inf, 0.0
-        # a crop around the box keeps each evaluation to the border's own pixels
-        cx0, cy0 = max(0, x0 - int(far) - 2), max(0, y0 - int(far) - 2)
-        cx1, cy1 = min(w, x1 + int(far) + 2), min(h, y1 + int(far) + 2)
-        local = (x0 - cx0, y0 - cy0, x1 - cx0, y1 - cy0)
-        hard = shape_mask((cy1 - cy0, cx1 - cx0), local, "ellipse")
-        pin, pout = mirror_pairs(hard, local, "ellipse", near, far)
+        (cx0, cy0, cx1, cy1), _, (pin, pout) = _ellipse_pairs_near(
+            f.shape, (x0, y0, x1, y1), int(ELLIPSE_PAIRS[1]) + 2
+        )
         if pin[0].size < 50:
             return -np.inf, 0.0
         fc = f[cy0:cy1, cx0:cx1]
@@ -958,11 +964,9 @@ def fit_soft_patch(
     fewer than ``min_coverage`` of the pairs across the fitted border step its way (a patch steps
     all along its border, an object's outline along most of it)."""
     h, w = rgb.shape[:2]
-    s = 1.0 if long_side is None else min(1.0, long_side / float(max(h, w)))
-    if s < 1.0:
-        size = (max(16, round(w * s)), max(16, round(h * s)))
-        small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-        s = size[0] / float(w)
+    if long_side is not None and long_side < max(h, w):
+        small = reduce_to(rgb, long_side)
+        s = small.shape[1] / float(w)
         box = tuple(int(round(v * s)) for v in patch.box)
         fitted = fit_soft_patch(small, replace(patch, box=box), radius=radius, min_coverage=min_coverage)
         return None if fitted is None else tuple(int(round(v / s)) for v in fitted)
@@ -978,17 +982,25 @@ def fit_soft_patch(
     return (fitted[0] + cx0, fitted[1] + cy0, fitted[2] + cx0, fitted[3] + cy0)
 
 
+def _ellipse_pairs_near(size: tuple[int, int], box, margin: int):
+    """The crop ``margin`` pixels around an ellipse's box (x0, y0, x1, y1, clipped to the image's
+    ``size``), the box in the crop's pixels, and the pairs ``ELLIPSE_PAIRS`` off its border there:
+    the pairs lie within a few pixels of the border, so the crop keeps the work to them."""
+    h, w = size
+    x0, y0, x1, y1 = (int(v) for v in box)
+    crop = (max(0, x0 - margin), max(0, y0 - margin), min(w, x1 + margin), min(h, y1 + margin))
+    local = (x0 - crop[0], y0 - crop[1], x1 - crop[0], y1 - crop[1])
+    hard = shape_mask((crop[3] - crop[1], crop[2] - crop[0]), local, "ellipse")
+    return crop, local, mirror_pairs(hard, local, "ellipse", *ELLIPSE_PAIRS)
+
+
 def read_ellipse(rgb: np.ndarray, box: tuple[int, int, int, int]) -> SeamReading | None:
     """``seam_reading`` of the ellipse inscribed in ``box``, from pairs ``ELLIPSE_PAIRS`` off its
-    border, on a crop around it (the pairs lie within a few pixels of the border)."""
-    h, w = rgb.shape[:2]
-    x0, y0, x1, y1 = (int(v) for v in box)
-    m = int(np.ceil(ELLIPSE_PAIRS[1])) + 3
-    cx0, cy0, cx1, cy1 = max(0, x0 - m), max(0, y0 - m), min(w, x1 + m), min(h, y1 + m)
-    crop = rgb[cy0:cy1, cx0:cx1]
-    local = (x0 - cx0, y0 - cy0, x1 - cx0, y1 - cy0)
-    hard = shape_mask(crop.shape[:2], local, "ellipse")
-    return seam_reading(crop, local, "ellipse", pairs=mirror_pairs(hard, local, "ellipse", *ELLIPSE_PAIRS))
+    border."""
+    (cx0, cy0, cx1, cy1), local, pairs = _ellipse_pairs_near(
+        rgb.shape[:2], box, int(np.ceil(ELLIPSE_PAIRS[1])) + 3
+    )
+    return seam_reading(rgb[cy0:cy1, cx0:cx1], local, "ellipse", pairs=pairs)
 
 
 def _segment_sum(evidence: np.ndarray, x0, y0, x1, y1) -> np.ndarray:

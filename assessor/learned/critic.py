@@ -665,13 +665,8 @@ class LearnedAssessor(AssessorBackend):
         check_image_size(rgb)
         h, w = rgb.shape[:2]
         full = (0, 0, w, h)
-        scale = min(1.0, cfg.look_size / float(max(h, w)))
-        if scale < 1.0:
-            size = (max(16, round(w * scale)), max(16, round(h * scale)))
-            look_img = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-            scale = size[0] / float(w)
-        else:
-            look_img = rgb
+        look_img = cues.reduce_to(rgb, cfg.look_size)
+        scale = look_img.shape[1] / float(w)
         look = self._see(look_img)
         t_look = time.perf_counter()
         net = look.damage.astype(np.float64).copy()
@@ -759,9 +754,9 @@ class LearnedAssessor(AssessorBackend):
         # (b) candidates: connected areas of each type's map
         candidates = self._leads(look, scale, (w, h), [t for t in self.types if t not in global_kinds], 1.0)
         if cfg.coarse_look and max(lh, lw) > 1.5 * cfg.coarse_look:
-            cs = cfg.coarse_look / float(max(lh, lw))
-            csize = (max(16, round(lw * cs)), max(16, round(lh * cs)))
-            coarse = self._see(cv2.resize(look_img, csize, interpolation=cv2.INTER_AREA))
+            coarse_img = cues.reduce_to(look_img, cfg.coarse_look)
+            csize = (coarse_img.shape[1], coarse_img.shape[0])
+            coarse = self._see(coarse_img)
             cscale = scale * csize[0] / float(lw)
             kinds = [t for t in cfg.coarse_types if t not in global_kinds]
             trace.append(
