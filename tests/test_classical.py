@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from assessor import benchdata, load_assessor
+from assessor.classical import cues
 from assessor.degrade import apply_distortion, degrade_region, region_mask
 from assessor.schema import Diagnosis
 from assessor.zoom import box_iou
@@ -480,3 +481,40 @@ def test_a_dark_patch_washed_out_toward_a_bright_mean_is_low_contrast(critic, be
     c = bench_local["coffee/local-low_contrast/0"]
     worst = critic.assess(c.image).worst
     assert worst.distortion == "low_contrast" and box_iou(worst.bbox, c.box) >= 0.9, worst
+
+
+def test_a_deeply_darkened_patch_reads_as_underexposure_though_its_channels_scatter(critic, bench_local):
+    # a gain of 0.25 puts the coffee rectangle's shadows on the lowest sRGB codes: the channels'
+    # gains read across its border scatter by 1.26, past the 1.25 a mild exposure step is allowed,
+    # and the rectangle read as washed out
+    c = bench_local["coffee/local-underexposure/0"]
+    gains = cues.seam_reading(c.image, c.box).gains
+    assert 1.25 < gains.max() / gains.min() < cues.DARK_SPREAD
+    worst = critic.assess(c.image).worst
+    assert worst.distortion == "underexposure" and hit(worst.bbox, c.box), worst
+
+
+@pytest.mark.parametrize(
+    "case, kind",
+    [("motorcycle/local-underexposure/0", "underexposure"), ("rocket/local-color_cast/0", "color_cast")],
+)
+def test_a_patch_the_reduced_look_misses_is_found_on_the_native_pixels(critic, bench_local, case, kind):
+    # the motorcycle's darkened rectangle steps along 0.62 of its border on the 512 px look, where
+    # the cluttered scene's own rectangles outrank it, and 0.84 natively; the rocket's tinted
+    # corner is found on the look with one side a few pixels off, where its border reads nothing
+    c = bench_local[case]
+    worst = critic.assess(c.image).worst
+    assert worst.distortion == kind and box_iou(worst.bbox, c.box) >= 0.9, worst
+    look_only = load_assessor("classical", native_seams=False).assess(c.image).worst
+    assert look_only is None or look_only.distortion != kind or box_iou(look_only.bbox, c.box) < 0.5
+
+
+@pytest.mark.parametrize("name", ["coffee", "rocket", "motorcycle", "hopper"])
+def test_no_patch_is_read_off_the_native_pixels_of_a_clean_photo(critic, name):
+    # these photos are larger than the look, so their native pixels are searched too; the one
+    # content rectangle read there (a bright sign at the motorcycle's top edge, a gain of 1.5)
+    # grades below what is reported
+    img = benchdata.load_photo(name)
+    found = critic._read_seams(img, critic._global_look(img))
+    assert all(f.severity < critic.config.min_severity for f in found), found
+    assert all(r.severity < 0.5 for r in critic.assess(img).regions)

@@ -619,3 +619,19 @@ def test_round_content_is_not_a_soft_patch(critic):
         s for s in d.trace if s.thought.startswith("Ellipse") and s.data["reading"][0] == "underexposure"
     )
     assert step.observation.startswith("Rejected")
+
+
+def test_a_blurred_patch_inside_the_frame_is_not_depth_of_field(critic, astronaut):
+    # the astronaut's blurred chest joins a soft area at the frame's edge through the plain suit,
+    # and the depth-of-field map took it in; a background runs out of the frame, this patch sits
+    # well inside it
+    from assessor.classical import ClassicalAssessor
+
+    box = (289, 192, 432, 377)
+    img = degrade_region(astronaut, "blur", 5, box, np.random.default_rng(0)).image
+    d = critic.assess(img)
+    assert d.worst.distortion == "blur" and box_iou(d.worst.bbox, box) >= 0.5, d.regions
+    old = load_assessor("learned", device="cpu")
+    old._classical = ClassicalAssessor(dof_frame=0.5)  # no box lies that far inside: all are near the frame
+    worst = old.assess(img).worst
+    assert worst is None or worst.distortion != "blur" or box_iou(worst.bbox, box) < 0.3

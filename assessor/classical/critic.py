@@ -34,6 +34,9 @@ REDUCED_LOOK = 0.9  # a look reduced below this scale correlates grain: whitenes
 WARM_TOLERANCE = 2.0  # a warm light counts as a cast this many times weaker (whole-image grade)
 GREY = 0.05  # log-chroma below which a surface reads as grey (a black-and-white photo's, nearly all)
 TINT_AREA = 0.35  # largest share of a black-and-white photo a tint is looked for in
+# a rectangle found on the look and one found natively are the same only where they nearly coincide:
+# a look's side a few pixels off reads nothing (the rocket's tinted corner, 0.6 of the native box)
+SAME_SEAM = 0.8
 CAST_SEAM = 0.85  # border coverage a tinted rectangle needs (coloured boxes are common content)
 # whole-image suspicions measured again at native pixels where they measure best, from this grade
 CONFIRMED_AT_NATIVE = ("blur", "noise", "jpeg")
@@ -55,9 +58,16 @@ class ClassicalConfig:
     max_zooms: int = 6  # at most this many local candidates are re-examined
     max_seams: int = 2  # of which at most this many rectangles confirmed by their borders
     seam_reads: int = 8  # rectangles with stepped borders read at native resolution
+    # where the look is reduced, the native pixels are searched for such rectangles too: a
+    # cluttered photo's darkened patch steps along 0.84 of its border natively, 0.62 on the look
+    native_seams: bool = True
     min_severity: float = 0.15  # confirmed findings below this are not reported as regions
     context: float = 0.5  # context kept around a candidate when zooming (fraction of its size)
     dof_area: float = 0.3  # a soft area larger than this next to sharp content reads as depth of field
+    # ... and a smaller one in the mapped soft background only where it comes within this share of
+    # the image's sides of the frame: a background runs out of the frame, while a blurred patch
+    # joined to it through a flat area sits inside (the astronaut's blurred chest)
+    dof_frame: float = 0.1
 
 
 @dataclass
@@ -580,9 +590,16 @@ class ClassicalAssessor(AssessorBackend):
     def _depth_of_field(self, look: Look, box: tuple[int, int, int, int], area: float) -> bool:
         """Whether a soft region is intended depth of field: the photo has sharp detail, and the
         region (``area``: its share of the image) is large or lies in the mapped soft background."""
-        return look.sharp_ref < 1.0 and (
-            max(area, look.soft_fraction) >= self.config.dof_area or self._dof_share(look, box) >= 0.5
-        )
+        if look.sharp_ref >= 1.0:
+            return False
+        if max(area, look.soft_fraction) >= self.config.dof_area:
+            return True
+        h, w = look.image.shape[:2]
+        h, w = h / look.scale, w / look.scale
+        m = self.config.dof_frame
+        x0, y0, x1, y1 = box
+        inner = x0 > m * w and y0 > m * h and x1 < (1 - m) * w and y1 < (1 - m) * h
+        return not inner and self._dof_share(look, box) >= 0.5
 
     @staticmethod
     def _grade_by_quantization(rgb: np.ndarray, look: Look, f: Finding) -> None:
@@ -839,11 +856,14 @@ class ClassicalAssessor(AssessorBackend):
         return best
 
     def _read_seams(self, rgb: np.ndarray, look: Look) -> list[Finding]:
-        """Rectangles whose border steps one way all around on the look, read at native pixels."""
+        """Rectangles whose border steps one way all around, read at native pixels: those found on
+        the look, and where the look is reduced, those found on the native pixels too (a cluttered
+        photo's patch steps along 0.84 of its border natively, 0.62 on a 512 px look)."""
         h, w = rgb.shape[:2]
         lh, lw = look.image.shape[:2]
-        found: list[Finding] = []
-        for sm in cues.seams(look.image)[: self.config.seam_reads]:
+        radius = int(np.ceil(2.0 / look.scale)) + 2
+        cands = []
+        for sm in cues.seams(look.image):
             x0, y0, x1, y1 = sm.box
             native = (
                 round(x0 / look.scale),
@@ -851,7 +871,18 @@ class ClassicalAssessor(AssessorBackend):
                 w if x1 >= lw else min(w, round(x1 / look.scale)),
                 h if y1 >= lh else min(h, round(y1 / look.scale)),
             )
-            f = self._judge_seam(rgb, look, replace(sm, box=native))
+            cands.append((replace(sm, box=native), radius))
+        if look.scale < 1.0 and self.config.native_seams:
+            cands += [(sm, 3) for sm in cues.seams(rgb)]
+            cands.sort(key=lambda c: -c[0].coverage)
+            kept = []
+            for c in cands:
+                if all(box_iou(c[0].box, k[0].box) < SAME_SEAM for k in kept):
+                    kept.append(c)
+            cands = kept
+        found: list[Finding] = []
+        for sm, r in cands[: self.config.seam_reads]:
+            f = self._judge_seam(rgb, sm, r)
             if f is not None and all(box_iou(f.box, g.box) < 0.5 for g in found):
                 found.append(f)
         return found
@@ -869,10 +900,11 @@ class ClassicalAssessor(AssessorBackend):
         return replace(look, exposure=cues.exposure_stats(img), cast=cast, light=light, neutral=neutral)
 
     @staticmethod
-    def _judge_seam(rgb: np.ndarray, look: Look, seam: cues.Seam) -> Finding | None:
-        """A rectangle found by its border: snap the border onto native pixels and read the tone map
-        between the pixels just inside it and their mirror images just outside."""
-        box = cues.refine_border(rgb, cues.snap_seam(rgb, seam, int(np.ceil(2.0 / look.scale)) + 2))
+    def _judge_seam(rgb: np.ndarray, seam: cues.Seam, radius: int) -> Finding | None:
+        """A rectangle found by its border: snap the border onto native pixels (within ``radius``)
+        and read the tone map between the pixels just inside it and their mirror images just
+        outside."""
+        box = cues.refine_border(rgb, cues.snap_seam(rgb, seam, radius))
         reading = cues.seam_reading(rgb, box)
         defect = cues.seam_defect(reading) if reading is not None else None
         if defect is None:
