@@ -635,3 +635,20 @@ def test_a_blurred_patch_inside_the_frame_is_not_depth_of_field(critic, astronau
     old._classical = ClassicalAssessor(dof_frame=0.5)  # no box lies that far inside: all are near the frame
     worst = old.assess(img).worst
     assert worst is None or worst.distortion != "blur" or box_iou(worst.bbox, box) < 0.3
+
+
+def test_grain_the_judge_boxes_inside_the_networks_area_takes_the_judges_box(critic):
+    # the benchmark's rocket/local-noise/0: the network's area of grain runs 110 px on into the
+    # smoke below the noisy rectangle; the classical judge boxes the grain where it measures, and a
+    # denoiser measuring the network's box found its quiet half clean and did nothing
+    from assessor.degrade import random_box
+
+    img = benchdata.load_photo("rocket")
+    rng = np.random.default_rng([0, 1003, 1, 0])
+    box = random_box((img.shape[1], img.shape[0]), rng, (0.2, 0.4))
+    damaged = degrade_region(img, "noise", int(rng.integers(3, 6)), box, rng).image
+    d = critic.assess(damaged)
+    assert d.worst.distortion == "noise" and box_iou(d.worst.bbox, box) >= 0.6, (d.regions, box)
+    assert any("the network's area spread past it" in s.observation for s in d.trace)
+    wide = load_assessor("learned", device="cpu", tighten=99.0).assess(damaged).worst
+    assert wide.distortion == "noise" and box_iou(wide.bbox, box) < 0.5

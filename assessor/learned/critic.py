@@ -135,6 +135,9 @@ class LearnedConfig:
     # count as (the classical judge's measurements: noise level, 8x8 blockiness, clipping, grey
     # levels, edge widths; tones, which the network must see change there, except tints)
     max_cue_leads: int = 6
+    # grain, blocks or banding the classical judge boxes inside the network's own area of that kind
+    # at this share of its severity or more moves the area's box onto the judge's (``tighten``)
+    tighten: float = 0.8
     cue_kinds: tuple[str, ...] = TYPES  # every type the network can show
 
     def __post_init__(self):
@@ -958,6 +961,23 @@ class LearnedAssessor(AssessorBackend):
                 or any(_explained_by(g, s) for s in seam_findings)
             )
 
+        def tighten(g) -> bool:
+            """Grain, blocks or banding the judge boxes inside the network's own area of that kind,
+            at nearly its severity, is where the defect is: the network's areas spread over texture
+            that looks like it (the rocket's grain reached 110 px into the smoke below), and a fix
+            measuring the defect over the whole area finds the clean part. The box is the judge's."""
+            i = same(g)
+            if i is None or g.distortion not in SELF_LOCALIZING or findings[i].judged:
+                return False
+            f = findings[i]
+            inside = box_intersection(g.box, f.box) >= 0.9 * (g.box[2] - g.box[0]) * (g.box[3] - g.box[1])
+            if not inside or g.severity < cfg.tighten * f.severity:
+                return False
+            findings[i] = replace(
+                f, box=tuple(int(v) for v in g.box), judged=True, reason=f"{f.reason}; {g.reason}"
+            )
+            return True
+
         for cand in leads[: cfg.max_cue_leads]:
             judged, numbers = self._judge_cue_lead(rgb, classical_look, cand.box, global_kinds)
             f, zoom = None, None
@@ -965,6 +985,8 @@ class LearnedAssessor(AssessorBackend):
                 observation = "Rejected: up close the classical measurements do not hold it."
             elif known(judged):
                 observation = f"Already counted: {judged.distortion} in {list(judged.box)}."
+                if tighten(judged):
+                    observation += " Its box is put there: the network's area spread past it."
             else:
                 f, zoom, more = self._network_agrees(rgb, judged)
                 numbers.update(more)
