@@ -236,14 +236,15 @@ def edge_sigma(y: np.ndarray, sel: np.ndarray | None = None, r: float = 1.0) -> 
 
 
 def wiener_deblur(rgb: np.ndarray, sigma: float, nsr: float) -> np.ndarray:
-    """Wiener deconvolution of a Gaussian blur, reflect-padded so the borders do not ring."""
+    """Wiener deconvolution of a Gaussian blur, reflect-padded so the borders do not ring, its
+    gain normalised to 1 at DC (plain Wiener dims the region by 1 / (1 + nsr))."""
     h, w = rgb.shape[:2]
     pad = int(3 * sigma) + 8
     x = cv2.copyMakeBorder(rgb.astype(np.float32), pad, pad, pad, pad, cv2.BORDER_REFLECT)
     fy = np.fft.fftfreq(x.shape[0])[:, None]
     fx = np.fft.rfftfreq(x.shape[1])[None, :]
     otf = np.exp(-2.0 * np.pi**2 * sigma**2 * (fx**2 + fy**2))
-    gain = otf / (otf**2 + nsr)
+    gain = otf * (1.0 + nsr) / (otf**2 + nsr)  # unit gain at DC: the regularisation must not dim
     out = np.empty_like(x)
     for c in range(3):
         out[:, :, c] = np.fft.irfft2(np.fft.rfft2(x[:, :, c]) * gain, s=x.shape[:2])
