@@ -213,7 +213,7 @@ def refine_batch(
     mask_mode: str = "narrow",
     max_iterations: int = 4,
     patience: int = 1,
-    min_gain: float = 0.05,
+    min_gain: float | None = None,
     min_severity: float = 0.15,
     seed: int = 0,
     prompt: str = "",
@@ -240,7 +240,7 @@ def refine_batch(
             refiner,
             max_iters=int(max_iterations),
             patience=int(patience),
-            margin=float(min_gain),
+            margin=None if min_gain is None else float(min_gain),
             seed=int(seed),
             prompt=prompt,
             negative_prompt=negative_prompt,
@@ -323,8 +323,9 @@ def crop_size_inputs() -> dict[str, tuple]:
     }
 
 
-def loop_inputs() -> dict[str, tuple]:
-    """The loop's own settings, shared by every refine node (ordered as they appear in the UI)."""
+def loop_inputs(min_gain: float = 0.05) -> dict[str, tuple]:
+    """The loop's own settings, shared by every refine node (ordered as they appear in the UI);
+    ``min_gain``: the refiner's own margin (``pig.refiners``: 0.02 for the classical fixes)."""
     return {
         "max_iterations": (
             "INT",
@@ -342,7 +343,7 @@ def loop_inputs() -> dict[str, tuple]:
         "min_gain": (
             "FLOAT",
             {
-                "default": 0.05,
+                "default": min_gain,
                 "min": 0.0,
                 "max": 1.0,
                 "step": 0.01,
@@ -550,7 +551,7 @@ class PiGRefineClassical(_RefineNode):
             "required": {
                 **target_inputs(),
                 **seed_input(),
-                **loop_inputs(),
+                **loop_inputs(min_gain=0.02),
             },
             "optional": mask_inputs(),
         }

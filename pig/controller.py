@@ -95,7 +95,7 @@ def refine_image(
     *,
     max_iters: int = 4,
     patience: int = 1,
-    margin: float = 0.05,
+    margin: float | None = None,
     seed: int = 0,
     prompt: str = "",
     negative_prompt: str = "",
@@ -111,7 +111,7 @@ def refine_image(
 
     A round plans from the current best image's diagnosis, refines with seed ``seed + round - 1``,
     and re-assesses; the candidate replaces the best image only if its score is at least
-    ``margin`` higher. The loop stops after ``patience`` rounds in a row without that, after
+    ``margin`` higher (None: the refiner's own, ``refiner.margin``). The loop stops after ``patience`` rounds in a row without that, after
     ``max_iters`` rounds, when the plan is empty, when the score is 5, or when ``should_cancel``
     returns True (checked before each refine; the best image so far is returned).
     ``progress(done, total, record)`` is called with (0, max_iters, None) first, then after each
@@ -121,6 +121,7 @@ def refine_image(
         raise ValueError(f"max_iters must be >= 0, got {max_iters}")
     if patience < 1:
         raise ValueError(f"patience must be >= 1, got {patience}")
+    margin = float(getattr(refiner, "margin", 0.05) if margin is None else margin)
     t_start = time.perf_counter()
     best = as_rgb8(image).copy()
     best_diag = assessor.assess(best)

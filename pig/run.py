@@ -74,7 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--patience", type=int, default=1, help="stop after this many rounds without gain (default 1)"
     )
-    p.add_argument("--margin", type=float, default=0.05, help="score gain a round must reach to be kept")
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=None,
+        help="score gain a round must reach to be kept (default: 0.02 for the classical fixes, 0.05 for sdxl)",
+    )
     p.add_argument("--min-severity", type=float, default=0.15, help="ignore regions milder than this (0-1)")
     p.add_argument("--seed", type=int, default=0, help="random seed (round k uses seed + k - 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-round lines")

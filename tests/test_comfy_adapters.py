@@ -222,6 +222,18 @@ def test_node_definitions_follow_the_classic_api(name):
         assert len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES)
 
 
+def test_each_refine_node_defaults_to_its_refiners_margin():
+    from pig.refiners import load_refiner
+
+    nodes = comfy_nodes.NODE_CLASS_MAPPINGS
+    classical = nodes["PiGRefineClassical"].INPUT_TYPES()["required"]["min_gain"][1]["default"]
+    assert classical == load_refiner("classical").margin == 0.02
+    diffusion = [n for n in nodes if n.startswith("PiGRefine") and n != "PiGRefineClassical"]
+    assert diffusion and all(
+        nodes[n].INPUT_TYPES()["required"]["min_gain"][1]["default"] == 0.05 for n in diffusion
+    )
+
+
 def test_pack_registration_loads_no_model_library():
     """Import the pack the way ComfyUI does (a folder in custom_nodes) in a clean interpreter."""
     code = (

@@ -87,6 +87,20 @@ def test_margin_rejects_gains_that_are_too_small():
     assert res.final_score == 3.5
 
 
+def test_without_a_margin_the_refiners_own_is_used():
+    # a measured classical fix keeps a rise of 0.03 (its margin is 0.02); a refiner of unknown
+    # kind, a diffusion pass, needs 0.05
+    from pig.refiners import load_refiner
+
+    class MeasuredRefiner(CountingRefiner):
+        margin = load_refiner("classical").margin
+
+    assert MeasuredRefiner.margin == 0.02 and CountingRefiner.margin == 0.05
+    kept = refine_image(blank(), ScriptedCritic([3.0, 3.03]), MeasuredRefiner(), max_iters=1)
+    rolled_back = refine_image(blank(), ScriptedCritic([3.0, 3.03]), CountingRefiner(), max_iters=1)
+    assert kept.history[0].accepted and not rolled_back.history[0].accepted
+
+
 def test_patience_allows_more_tries():
     critic = ScriptedCritic([3.0, 2.9, 2.8, 3.6])
     res = refine_image(blank(), critic, CountingRefiner(), max_iters=5, patience=3)

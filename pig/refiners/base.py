@@ -20,6 +20,9 @@ class Refiner:
     name = "base"
     global_operation = "global_fix"
     strengths: dict[str, tuple[float, float]] = DEFAULT_STRENGTHS
+    # the score gain a round must reach to be kept, unless the caller says: a diffusion pass
+    # changes every pixel of its crop a little, and a small rise may be the critic's noise
+    margin: float = 0.05
 
     def refine(self, image: np.ndarray, plan: RefinePlan, *, seed: int = 0) -> np.ndarray:
         raise NotImplementedError
