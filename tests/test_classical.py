@@ -505,7 +505,7 @@ def test_a_patch_the_reduced_look_misses_is_found_on_the_native_pixels(critic, b
     c = bench_local[case]
     worst = critic.assess(c.image).worst
     assert worst.distortion == kind and box_iou(worst.bbox, c.box) >= 0.9, worst
-    look_only = load_assessor("classical", native_seams=False).assess(c.image).worst
+    look_only = load_assessor("classical", seam_look=0).assess(c.image).worst
     assert look_only is None or look_only.distortion != kind or box_iou(look_only.bbox, c.box) < 0.5
 
 
