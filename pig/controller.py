@@ -111,9 +111,10 @@ def refine_image(
 
     A round plans from the current best image's diagnosis, refines with seed ``seed + round - 1``,
     and re-assesses; the candidate replaces the best image only if its score is at least
-    ``margin`` higher (None: the refiner's own, ``refiner.margin``). The loop stops after ``patience`` rounds in a row without that, after
-    ``max_iters`` rounds, when the plan is empty, when the score is 5, or when ``should_cancel``
-    returns True (checked before each refine; the best image so far is returned).
+    ``margin`` higher (None: the refiner's own, ``refiner.margin``). The loop stops after
+    ``patience`` rounds in a row without that, after ``max_iters`` rounds, when the plan is empty,
+    when the score is 5, or when ``should_cancel`` returns True (checked before each refine; the
+    best image so far is returned).
     ``progress(done, total, record)`` is called with (0, max_iters, None) first, then after each
     round.
     """

@@ -34,8 +34,9 @@ REDUCED_LOOK = 0.9  # a look reduced below this scale correlates grain: whitenes
 WARM_TOLERANCE = 2.0  # a warm light counts as a cast this many times weaker (whole-image grade)
 GREY = 0.05  # log-chroma below which a surface reads as grey (a black-and-white photo's, nearly all)
 TINT_AREA = 0.35  # largest share of a black-and-white photo a tint is looked for in
-# a rectangle found on the look and one found natively are the same only where they nearly coincide:
-# a look's side a few pixels off reads nothing (the rocket's tinted corner, 0.6 of the native box)
+# a rectangle found on the look and one found on the larger second look (``seam_look``) are the
+# same only where they nearly coincide: a look's side a few pixels off reads nothing (the rocket's
+# tinted corner, 0.6 of the box found natively)
 SAME_SEAM = 0.8
 CAST_SEAM = 0.85  # border coverage a tinted rectangle needs (coloured boxes are common content)
 # whole-image suspicions measured again at native pixels where they measure best, from this grade
