@@ -173,6 +173,12 @@ def box_intersection(a: Sequence[float], b: Sequence[float]) -> float:
     return ix * iy
 
 
+def share_inside(a: Sequence[float], b: Sequence[float]) -> float:
+    """The share of box ``a``'s area that lies inside box ``b`` (1: wholly inside); 0 for an empty a."""
+    area = (a[2] - a[0]) * (a[3] - a[1])
+    return box_intersection(a, b) / area if area > 0 else 0.0
+
+
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     """Intersection over union of two boxes (x0, y0, x1, y1); 0 when both are empty."""
     inter = box_intersection(a, b)

@@ -56,7 +56,7 @@ class LoadQDeepSightAssessor:
                 "backend": (
                     BACKEND_NAMES,
                     {
-                        "default": "learned",
+                        "default": BACKEND_NAMES[0],
                         "tooltip": "learned (default): a small trained network as the critic's eyes, with "
                         "the classical cues' votes (weights ship with the pack; runs on CPU or GPU). "
                         "classical: hand-made cues only, no weights, no torch, about twice as fast. vlm: "

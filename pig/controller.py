@@ -122,7 +122,7 @@ def refine_image(
         raise ValueError(f"max_iters must be >= 0, got {max_iters}")
     if patience < 1:
         raise ValueError(f"patience must be >= 1, got {patience}")
-    margin = float(getattr(refiner, "margin", 0.05) if margin is None else margin)
+    margin = float(refiner.margin if margin is None else margin)
     t_start = time.perf_counter()
     best = as_rgb8(image).copy()
     best_diag = assessor.assess(best)

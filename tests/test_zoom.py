@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from assessor.zoom import ZoomError, crop_zoom, to_pixel_box
+from assessor.zoom import ZoomError, crop_zoom, share_inside, to_pixel_box
 
 
 def gradient(h: int = 120, w: int = 200) -> np.ndarray:
@@ -94,3 +94,11 @@ def test_geometry_properties(w, h, box, context, min_side, target):
     # round trip
     probe = (rx0, ry0, rx1, ry1)
     assert z.to_source(z.to_zoom(probe)) == pytest.approx(probe, abs=1e-6)
+
+
+def test_share_inside_is_the_part_of_the_first_box_within_the_second():
+    assert share_inside((10, 10, 20, 20), (0, 0, 100, 100)) == 1.0
+    assert share_inside((0, 0, 100, 100), (10, 10, 20, 20)) == 0.01
+    assert share_inside((0, 0, 10, 10), (5, 0, 20, 10)) == 0.5
+    assert share_inside((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
+    assert share_inside((5, 5, 5, 9), (0, 0, 10, 10)) == 0.0  # an empty box

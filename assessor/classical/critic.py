@@ -24,7 +24,7 @@ import numpy as np
 from ..backends import AssessorBackend
 from ..imageio import as_rgb8, check_image_size
 from ..schema import Diagnosis, Region, ToolCall, TraceStep
-from ..zoom import Zoom, box_intersection, box_iou, crop_zoom
+from ..zoom import Zoom, box_iou, crop_zoom, share_inside
 from . import cues
 from .severity import area_weight, score_from, severity
 
@@ -183,8 +183,7 @@ def _quantization_severity(quality: float, lattice: float) -> float:
 
 def _explained_by(f: Finding, seam: Finding) -> bool:
     kinds = cues.TONE_KINDS + (("blur",) if seam.distortion == "low_contrast" else ())
-    area = max((f.box[2] - f.box[0]) * (f.box[3] - f.box[1]), 1)
-    return f.distortion in kinds and box_intersection(f.box, seam.box) >= 0.7 * area
+    return f.distortion in kinds and share_inside(f.box, seam.box) >= 0.7
 
 
 def _select(centres: tuple[np.ndarray, np.ndarray], box) -> np.ndarray:

@@ -41,7 +41,7 @@ from ..classical.critic import (
 from ..classical.severity import area_weight
 from ..imageio import as_rgb8, check_image_size
 from ..schema import Diagnosis, Region, ToolCall, TraceStep
-from ..zoom import Zoom, box_intersection, box_iou, crop_zoom
+from ..zoom import Zoom, box_intersection, box_iou, crop_zoom, share_inside
 from .data import score_from_damage
 from .model import MAP_STRIDE, TYPES, Prediction, WeightsError, load_weights, predict, prepare_for_inference
 
@@ -951,9 +951,7 @@ class LearnedAssessor(AssessorBackend):
             boxes' extent), or a patch's tone map."""
             i = same(g)
             if i is not None and g.distortion in SELF_LOCALIZING and findings[i].judged:
-                x0, y0, x1, y1 = findings[i].box
-                gx0, gy0, gx1, gy1 = g.box
-                if gx0 < x0 or gy0 < y0 or gx1 > x1 or gy1 > y1:
+                if share_inside(g.box, findings[i].box) < 1.0:
                     i = None
             return (
                 g.distortion in global_kinds
@@ -970,8 +968,7 @@ class LearnedAssessor(AssessorBackend):
             if i is None or g.distortion not in SELF_LOCALIZING or findings[i].judged:
                 return False
             f = findings[i]
-            inside = box_intersection(g.box, f.box) >= 0.9 * (g.box[2] - g.box[0]) * (g.box[3] - g.box[1])
-            if not inside or g.severity < cfg.tighten * f.severity:
+            if share_inside(g.box, f.box) < 0.9 or g.severity < cfg.tighten * f.severity:
                 return False
             findings[i] = replace(
                 f, box=tuple(int(v) for v in g.box), judged=True, reason=f"{f.reason}; {g.reason}"
