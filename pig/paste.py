@@ -52,8 +52,8 @@ def crop_box_for_mask(
     """The crop that holds the mask plus ``padding`` pixels of context on every side.
 
     Its sides are multiples of ``multiple`` where the image allows (latent sizes), at least
-    ``min_size``, its origin a multiple of ``align`` (8 keeps a JPEG grid aligned), and it never
-    leaves the image. Raises ValueError for an empty mask.
+    ``min_size``, its origin a multiple of ``align`` (16 keeps a JPEG grid aligned, colour planes
+    included), and it never leaves the image. Raises ValueError for an empty mask.
     """
     mask = np.asarray(mask)
     h, w = mask.shape[:2]

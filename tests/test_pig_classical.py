@@ -120,6 +120,62 @@ def test_a_deconvolution_keeps_flat_regions_and_restores_a_strong_blur(photo):
     assert np.array_equal(fixes.richardson_lucy(blurred, 0.0, 20), blurred)
 
 
+def test_blur_map_tells_a_blurred_patch_from_sharp_content(photo):
+    d = degrade_region(photo, "blur", 5, TRUE_BOX, np.random.default_rng(1), shape="ellipse", feather=4.0)
+    sig = fixes.blur_map(fixes.luminance(d.image))
+    around = cv2.dilate((d.mask > 0).astype(np.uint8), np.ones((31, 31), np.uint8)) == 0
+    assert np.nanmedian(sig[d.mask > 0.9]) >= 5.0  # sigma 6
+    assert np.nanmedian(sig[around]) <= 1.8
+    assert np.nanmedian(fixes.blur_map(fixes.luminance(photo))) <= 1.8
+
+
+@pytest.mark.parametrize("name", ["astronaut", "motorcycle"])
+def test_a_box_across_a_blurs_border_deconvolves_the_blurred_part_only(name):
+    # a critic's box holding a blurred half and a sharp half: measured together, the sharp edges
+    # outvoted the blurred ones ("no blur above the surroundings") and nothing was done
+    photo = load_photo(name)
+    d = degrade_region(photo, "blur", 4, (150, 170, 240, 330), np.random.default_rng(1))  # sigma 4
+    out, _, info = refine_local(d.image, "blur", box=(150, 170, 330, 330))
+    blurred = np.zeros(photo.shape[:2], bool)
+    blurred[170:330, 150:240] = True
+    sharp = np.zeros(photo.shape[:2], bool)
+    sharp[170:330, 250:330] = True
+    assert "skipped" not in info and 2.5 <= info["sigma"] <= 5.0, info
+    assert masked_psnr(out, photo, blurred) >= masked_psnr(d.image, photo, blurred) + 0.5
+    assert np.array_equal(out[sharp], d.image[sharp])
+
+
+def test_a_jpeg_patch_is_measured_on_its_own_grid():
+    photo = load_photo("motorcycle")
+    d = degrade_region(photo, "jpeg", 3, (184, 155, 347, 269), np.random.default_rng(0))  # quality 18
+    y = fixes.luminance(d.image)
+    box = (192, 192, 320, 256)  # the critic's box inside the patch
+    sel = np.zeros(y.shape, bool)
+    sel[box[1] : box[3], box[0] : box[2]] = True
+    assert fixes.jpeg_grid_offset(y) != (0, 0)  # the photo's own edges outvote the patch's blocks
+    assert fixes.jpeg_grid_offset(y, sel) == (0, 0)
+    quality, dip = fixes.estimate_jpeg_quality(d.image, sel)
+    assert quality == 18 and dip > 0.9
+    out, _, info = refine_local(d.image, "jpeg", box=box, severity=0.5)
+    # the crop starts on a multiple of 16, where JPEG's halved colour planes have their blocks
+    assert info["crop"][0] % 16 == 0 and info["crop"][1] % 16 == 0 and "skipped" not in info, info
+    inside = d.mask > 0.5
+    assert masked_psnr(out, photo, inside) >= masked_psnr(d.image, photo, inside) + 0.2
+
+
+def test_grain_on_texture_is_filtered_no_harder_than_the_noise(monkeypatch):
+    photo = load_photo("motorcycle")
+    d = degrade_region(photo, "noise", 3, (313, 142, 602, 330), np.random.default_rng(0))  # sigma 14
+    inside = d.mask > 0.5
+    before = masked_psnr(d.image, photo, inside)
+    out, _, info = refine_local(d.image, "noise", box=(294, 121, 620, 325), severity=0.73)
+    assert info["h"] < 1.2 * info["sigma"] and info["removed"] <= 1.05 * 15.0, info
+    assert masked_psnr(out, photo, inside) >= before + 1.5
+    monkeypatch.setattr(fixes, "NOISE_FILTERS", (1.2,))  # the old fixed strength took the texture too
+    strong, _, _ = refine_local(d.image, "noise", box=(294, 121, 620, 325), severity=0.73)
+    assert masked_psnr(strong, photo, inside) < before + 0.5
+
+
 def test_estimators_measure_what_was_done(photo):
     noisy = apply_distortion(photo, "noise", 3, np.random.default_rng(0))  # sigma 14 per channel
     assert abs(fixes.noise_sigma(noisy) - 14) < 3 and fixes.noise_sigma(photo) < 3
