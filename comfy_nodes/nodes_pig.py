@@ -323,9 +323,13 @@ def crop_size_inputs() -> dict[str, tuple]:
     }
 
 
-def loop_inputs(min_gain: float = 0.05) -> dict[str, tuple]:
+def loop_inputs(min_gain: float | None = None) -> dict[str, tuple]:
     """The loop's own settings, shared by every refine node (ordered as they appear in the UI);
-    ``min_gain``: the refiner's own margin (``pig.refiners``: 0.02 for the classical fixes)."""
+    ``min_gain``: the node's refiner's own margin (None: a diffusion refiner's, ``Refiner.margin``)."""
+    if min_gain is None:
+        from pig.refiners import Refiner
+
+        min_gain = Refiner.margin
     return {
         "max_iterations": (
             "INT",
@@ -547,11 +551,13 @@ class PiGRefineClassical(_RefineNode):
 
     @classmethod
     def INPUT_TYPES(cls):
+        from pig.refiners import ClassicalRefiner
+
         return {
             "required": {
                 **target_inputs(),
                 **seed_input(),
-                **loop_inputs(min_gain=0.02),
+                **loop_inputs(min_gain=ClassicalRefiner.margin),
             },
             "optional": mask_inputs(),
         }
