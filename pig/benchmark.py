@@ -31,7 +31,7 @@ from assessor import benchdata
 from assessor.backends import BACKENDS, DEFAULT_BACKEND, load_assessor
 from assessor.metrics import psnr, ssim
 from assessor.schema import Diagnosis, Region
-from assessor.zoom import box_intersection
+from assessor.zoom import share_inside
 
 from .controller import refine_image
 from .plan import make_plan
@@ -55,7 +55,8 @@ def blind_enhance(rgb: np.ndarray) -> np.ndarray:
 
 
 def _overlaps(a, b) -> bool:
-    return box_intersection(a, b) > 0.25 * min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    """More than a quarter of the smaller box lies in the other."""
+    return max(share_inside(a, b), share_inside(b, a)) > 0.25
 
 
 def oracle_gain(case, refiner, seed: int = 0) -> float:
